@@ -1,0 +1,198 @@
+"""On-disk feature cache: the one place where encoders and datasets meet.
+
+A shard is keyed by (encoder fingerprint — backend, weights, preprocessing — dataset name and source, split)
+and holds features for any subset of that split's samples; asking for samples not yet in the shard encodes
+only those and rewrites the shard atomically. Global embeddings are stored in float32, local tokens (when
+asked for) in float16.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+from torch.utils.data import DataLoader
+from torch.utils.data import Dataset as TorchDataset
+from tqdm.auto import tqdm
+
+from hica.data.sample import Dataset, Sample, load_image
+from hica.encoders.base import DualEncoder
+from hica.errors import HicaError
+from hica.io import save_tensors, write_json
+from hica.runtime import autocast
+
+log = logging.getLogger(__name__)
+
+
+def default_cache_dir() -> Path:
+    """``$HICA_CACHE`` or ``~/.cache/hica``."""
+    return Path(os.environ.get("HICA_CACHE") or Path.home() / ".cache" / "hica")
+
+
+class ImageDataset(TorchDataset):
+    """Decoded, preprocessed images of a sample list; unreadable ones yield ``None`` when ``skip_bad``."""
+
+    def __init__(self, samples: list[Sample], transform, skip_bad: bool = False) -> None:
+        self.samples, self.transform, self.skip_bad = samples, transform, skip_bad
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int):
+        try:
+            return i, self.transform(load_image(self.samples[i]))
+        except HicaError:
+            if self.skip_bad:
+                return i, None
+            raise
+
+
+def _collate(batch):
+    ok = [(i, x) for i, x in batch if x is not None]
+    bad = [i for i, x in batch if x is None]
+    idx = torch.tensor([i for i, _ in ok], dtype=torch.long)
+    xs = torch.stack([x for _, x in ok]) if ok else None
+    return idx, xs, bad
+
+
+@dataclass
+class Features:
+    """Features of a sample list, row-aligned with ``ids`` (unreadable samples dropped under skip_bad)."""
+
+    ids: list[str]
+    labels: torch.Tensor
+    global_: torch.Tensor
+    local: torch.Tensor | None = None
+    grid: tuple[int, int] | None = None
+
+
+class FeatureCache:
+    """Feature shards under ``root`` (default ``$HICA_CACHE`` or ``~/.cache/hica``)."""
+
+    def __init__(
+        self,
+        root: str | Path | None = None,
+        batch_size: int = 64,
+        num_workers: int = 0,
+        precision: str = "fp32",
+    ) -> None:
+        self.root = Path(root) if root else default_cache_dir()
+        self.batch_size, self.num_workers, self.precision = batch_size, num_workers, precision
+        self.hits = self.misses = 0
+
+    def shard_dir(self, encoder: DualEncoder, dataset: Dataset, split: str) -> Path:
+        key = {"encoder": encoder.fingerprint(), "precision": self.precision, "dataset": dataset.name, "source": dataset.source, "split": split}
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
+        return self.root / "features" / digest
+
+    def get(
+        self,
+        encoder: DualEncoder,
+        dataset: Dataset,
+        split: str,
+        samples: list[Sample] | None = None,
+        with_local: bool = False,
+        skip_bad: bool = False,
+        progress: bool = True,
+    ) -> Features:
+        """Features for ``samples`` (default: the whole split), encoding only what the shard lacks."""
+        samples = dataset.split(split) if samples is None else samples
+        d = self.shard_dir(encoder, dataset, split)
+        store = self._read(d, with_local)
+        missing = [s for s in samples if s.id not in store["index"] and s.id not in store["bad"]]
+        self.hits += len(samples) - len(missing)
+        self.misses += len(missing)
+        if missing:
+            self._encode_into(store, encoder, missing, with_local, skip_bad, progress, f"{dataset.name}/{split}")
+            self._write(d, store, encoder, dataset, split)
+        keep = [s for s in samples if s.id in store["index"]]
+        if skip_bad and len(keep) < len(samples):
+            log.warning("%s/%s: skipped %d unreadable image(s)", dataset.name, split, len(samples) - len(keep))
+        rows = torch.tensor([store["index"][s.id] for s in keep], dtype=torch.long)
+        local = store["local"][rows].float() if with_local else None
+        return Features(
+            ids=[s.id for s in keep],
+            labels=torch.tensor([s.label for s in keep], dtype=torch.long),
+            global_=store["global"][rows],
+            local=local,
+            grid=tuple(store["grid"]) if store.get("grid") else None,
+        )
+
+    # -- storage -------------------------------------------------------------------------------------------
+    def _read(self, d: Path, with_local: bool) -> dict:
+        empty = {"index": {}, "bad": [], "global": None, "local": None, "grid": None}
+        meta_path = d / "index.json"
+        if not meta_path.is_file():
+            return empty
+        meta = json.loads(meta_path.read_text())
+        tensors = load_file(str(d / "features.safetensors"))
+        if len(tensors["global"]) != len(meta["ids"]) or (with_local and "local" not in tensors):
+            return empty  # stale shard, or one without local tokens: encode afresh
+        return {
+            "index": {sid: i for i, sid in enumerate(meta["ids"])},
+            "bad": list(meta.get("bad", [])),
+            "global": tensors["global"],
+            "local": tensors.get("local"),
+            "grid": meta.get("grid"),
+        }
+
+    def _write(self, d: Path, store: dict, encoder: DualEncoder, dataset: Dataset, split: str) -> None:
+        tensors = {"global": store["global"]}
+        if store["local"] is not None:
+            tensors["local"] = store["local"]
+        save_tensors(d / "features.safetensors", tensors)
+        ids = [None] * len(store["index"])
+        for sid, i in store["index"].items():
+            ids[i] = sid
+        meta = {
+            "encoder": encoder.fingerprint(),
+            "precision": self.precision,
+            "dataset": dataset.name,
+            "source": dataset.source,
+            "split": split,
+            "ids": ids,
+            "bad": store["bad"],
+            "grid": store["grid"],
+        }
+        write_json(d / "index.json", meta)  # written last: a crash in between leaves the old index valid
+
+    @torch.no_grad()
+    def _encode_into(self, store, encoder, samples, with_local, skip_bad, progress, desc) -> None:
+        loader = DataLoader(
+            ImageDataset(samples, encoder.preprocess, skip_bad),
+            batch_size=self.batch_size,
+            num_workers=self.num_workers,
+            collate_fn=_collate,
+        )
+        was_training = encoder.training
+        encoder.eval()
+        dev = encoder.device
+        gl, lo, ids = [], [], []
+        for idx, xs, bad in tqdm(loader, desc=f"encode {desc}", disable=not progress, unit="batch"):
+            store["bad"].extend(samples[i].id for i in bad)
+            if xs is None:
+                continue
+            with autocast(dev, self.precision):
+                f = encoder.encode_image(xs.to(dev))
+            gl.append(f.global_.float().cpu())
+            if with_local:
+                lo.append(f.local.half().cpu())
+                store["grid"] = list(f.grid)
+            ids.extend(samples[i].id for i in idx.tolist())
+        encoder.train(was_training)
+        if not ids:
+            return
+        new_g = torch.cat(gl)
+        base = 0 if store["global"] is None else len(store["global"])
+        store["global"] = new_g if store["global"] is None else torch.cat([store["global"], new_g])
+        if with_local:
+            new_l = torch.cat(lo)
+            store["local"] = new_l if store["local"] is None else torch.cat([store["local"], new_l])
+        for j, sid in enumerate(ids):
+            store["index"][sid] = base + j

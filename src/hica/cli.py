@@ -1,0 +1,182 @@
+"""The ``hica`` command line. Subcommands only parse arguments and call the library."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from hica.errors import HicaError
+
+app = typer.Typer(
+    name="hica",
+    help="Few-shot and zero-shot medical image classification with vision-language models (HiCA).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+console = Console()
+err_console = Console(stderr=True)
+
+DataRoot = Annotated[
+    str | None, typer.Option("--data-root", help="Data folder (default: $HICA_DATA, else ./data).")
+]
+Device = Annotated[str, typer.Option("--device", help="auto | cpu | cuda[:N]")]
+Precision = Annotated[str, typer.Option("--precision", help="auto | fp32 | bf16 (auto: bf16 where native)")]
+EncoderName = Annotated[str, typer.Option("--encoder", help="Encoder registry name (see `hica encoders`).")]
+EncoderArgs = Annotated[
+    list[str] | None, typer.Option("--encoder-arg", help="Encoder keyword argument KEY=VALUE (repeatable).")
+]
+CacheDir = Annotated[str | None, typer.Option("--cache-dir", help="Feature cache (default $HICA_CACHE).")]
+Out = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")]
+
+
+def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise HicaError(f"{what} {item!r} must look like KEY=VALUE")
+        k, v = item.split("=", 1)
+        out[k] = yaml.safe_load(v)
+    return out
+
+
+def _ints(text: str, what: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError as e:
+        raise HicaError(f"{what} must be comma-separated integers, got {text!r}") from e
+
+
+def _run(raw: dict[str, Any], out: Path | None, resume: bool, source: str) -> None:
+    from hica.config import validate_config
+    from hica.eval.protocol import Benchmark
+
+    cfg = validate_config(raw, source)
+    out = out or Path("runs") / cfg.name
+    result = Benchmark(cfg, out).run(resume=resume)
+    from hica.report.tables import markdown_tables
+
+    console.print(markdown_tables(result["summary"]))
+    console.print(f"[green]wrote[/green] {out}/ (results.md, metrics.json, predictions.csv, episodes/)")
+
+
+@app.command()
+def datasets(data_root: DataRoot = None) -> None:
+    """List the datasets found under the data root, with images per class and split."""
+    from hica.data.catalog import BUILTIN_NAMES, data_root as resolve_root, load_dataset
+
+    root = resolve_root(data_root)
+    table = Table(title=f"datasets under {root}")
+    for col in ("dataset", "split", "images per class", "total"):
+        table.add_column(col)
+    for name in BUILTIN_NAMES:
+        try:
+            ds = load_dataset(name, root)
+        except HicaError as e:
+            table.add_row(name, "–", f"[yellow]not available: {e}[/yellow]", "")
+            continue
+        for split, counts in ds.counts().items():
+            table.add_row(name, split, ", ".join(f"{c} {n}" for c, n in counts.items()), str(sum(counts.values())))
+    console.print(table)
+
+
+@app.command()
+def encoders() -> None:
+    """List the registered encoders."""
+    from hica.encoders import list_encoders
+
+    for name, doc in list_encoders().items():
+        console.print(f"[bold]{name}[/bold]  {doc}")
+
+
+@app.command()
+def zeroshot(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name, imagefolder:PATH or manifest:PATH.")],
+    encoder: EncoderName = "default",
+    encoder_arg: EncoderArgs = None,
+    text_mode: Annotated[str, typer.Option(help="names | descriptions | ensemble")] = "ensemble",
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    cache_dir: CacheDir = None,
+    out: Out = None,
+) -> None:
+    """Zero-shot classification of a dataset's test split from class text alone."""
+    raw = dict(name=f"zeroshot-{_slug(dataset)}-{encoder}", encoder={"name": encoder,
+               "args": _parse_kv(encoder_arg, "--encoder-arg")}, datasets=[dataset], shots=[],
+               methods=["zeroshot"], text_mode=text_mode, data_root=data_root, device=device,
+               precision=precision, cache_dir=cache_dir)
+    _run(raw, out, True, "command line")
+
+
+@app.command()
+def fewshot(
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name, imagefolder:PATH or manifest:PATH.")],
+    method: Annotated[list[str], typer.Option("--method", help="Method name (repeatable).")],
+    shots: Annotated[str, typer.Option(help="Comma-separated K values.")] = "1,2,4,8,16",
+    seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
+    encoder: EncoderName = "default",
+    encoder_arg: EncoderArgs = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    cache_dir: CacheDir = None,
+    skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images with a warning and a count.")] = False,
+    out: Out = None,
+) -> None:
+    """Few-shot evaluation: K labelled images per class, several seeds, the given methods."""
+    raw = dict(name=f"fewshot-{_slug(dataset)}-{encoder}", encoder={"name": encoder,
+               "args": _parse_kv(encoder_arg, "--encoder-arg")}, datasets=[dataset],
+               shots=_ints(shots, "--shots"), seeds=_ints(seeds, "--seeds"), methods=method,
+               data_root=data_root, device=device, precision=precision, cache_dir=cache_dir, skip_bad=skip_bad)
+    _run(raw, out, True, "command line")
+
+
+@app.command()
+def benchmark(
+    config: Annotated[Path, typer.Option("--config", help="Benchmark YAML (see configs/).")],
+    out: Out = None,
+    resume: Annotated[bool, typer.Option(help="Reuse finished runs in the run directory.")] = True,
+    data_root: DataRoot = None,
+    device: Annotated[str | None, typer.Option("--device", help="Override the config's device.")] = None,
+    precision: Annotated[str | None, typer.Option("--precision", help="Override the config's precision.")] = None,
+    cache_dir: CacheDir = None,
+) -> None:
+    """Run a benchmark grid (datasets × K × seeds × methods) from a YAML config."""
+    from hica.config import load_config
+
+    cfg = load_config(config, {"data_root": data_root, "device": device, "precision": precision,
+                               "cache_dir": cache_dir})
+    from hica.eval.protocol import Benchmark
+    from hica.report.tables import markdown_tables
+
+    out = out or Path("runs") / cfg.name
+    result = Benchmark(cfg, out).run(resume=resume)
+    console.print(markdown_tables(result["summary"]))
+    console.print(f"[green]wrote[/green] {out}/")
+
+
+def _slug(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in Path(text).name or text)[:40]
+
+
+def main() -> None:
+    """Entry point: user errors print one clear line and exit 2."""
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        app()
+    except HicaError as e:
+        err_console.print(f"[bold red]error:[/bold red] {e}")
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,23 @@
+"""Split definitions: official where they exist, else a seeded stratified validation carve-out."""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from hica.data.sample import Sample
+from hica.errors import HicaError
+
+
+def carve_validation(
+    samples: list[Sample], fraction: float = 0.1, seed: int = 0
+) -> tuple[list[Sample], list[Sample]]:
+    """Split ``samples`` into (train, val), stratified by label, reproducible from ``seed``."""
+    if not 0 < fraction < 1:
+        raise HicaError(f"val_fraction must be in (0, 1), got {fraction}")
+    labels = np.array([s.label for s in samples])
+    if len(labels) == 0 or np.bincount(labels).min() < 2:
+        raise HicaError("cannot carve a stratified validation split: a class has fewer than 2 training images")
+    idx = np.arange(len(samples))
+    tr, va = train_test_split(idx, test_size=fraction, random_state=seed, stratify=labels)
+    return [samples[i] for i in sorted(tr)], [samples[i] for i in sorted(va)]

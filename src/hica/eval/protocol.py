@@ -1,0 +1,241 @@
+"""The benchmark protocol: datasets × K × seeds × methods on one encoder, features cached.
+
+It knows nothing about any single method: feature methods get an episode's cached features
+(``FewShotData``), image methods get its preprocessed images (``ImageFewShotData``). Every finished
+(dataset, method, K, seed) is written to ``parts/`` at once, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from hica.cache import FeatureCache, Features  # noqa: F401
+from hica.config import BenchmarkConfig, dump_config
+from hica.data.catalog import load_dataset
+from hica.data.episodes import Episode, sample_episode
+from hica.data.sample import Dataset, Sample, load_image
+from hica.encoders import DualEncoder, create_encoder
+from hica.errors import HicaError
+from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
+from hica.io import write_json, write_text
+from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
+from hica.runtime import resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
+
+
+def machine_info(device: torch.device, precision: str) -> dict[str, Any]:
+    """Where a run ran: CPU model, cores, GPU, library versions."""
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import os
+
+    info = {
+        "cpu": cpu,
+        "cpu_cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(device),
+        "precision": precision,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "platform": platform.platform(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+@dataclass
+class DatasetState:
+    """What the protocol holds for one dataset while it runs."""
+
+    ds: Dataset
+    text: ClassText | None
+    test: Features
+    test_images: torch.Tensor | None = None
+    by_id: dict[str, Sample] = field(default_factory=dict)
+
+
+def _part_name(dataset: str, method: str, k: int, seed: int) -> str:
+    safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset)
+    return f"{safe}__{method}__K{k}__s{seed}.json"
+
+
+def _norm(x: torch.Tensor) -> torch.Tensor:
+    return F.normalize(x.float(), dim=-1)
+
+
+class Benchmark:
+    """Runs one ``BenchmarkConfig`` into ``out_dir``."""
+
+    def __init__(self, cfg: BenchmarkConfig, out_dir: str | Path, progress: bool = True) -> None:
+        self.cfg, self.out = cfg, Path(out_dir)
+        self.progress = progress
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        self.registry = method_registry()
+        self.cfg_hash = hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:12]
+        self.cache = FeatureCache(cfg.cache_dir, batch_size=cfg.batch_size, precision=self.precision)
+        self.timings: dict[str, float] = {}
+
+    # -- setup ---------------------------------------------------------------------------------------------
+    def _encoder(self) -> DualEncoder:
+        enc = create_encoder(self.cfg.encoder.name, **self.cfg.encoder.args)
+        return enc.to(self.device).eval()
+
+    def _class_text(self, enc: DualEncoder, ds: Dataset) -> ClassText | None:
+        if not any(self.registry[m].uses_text for m in self.cfg.methods):
+            return None
+        if not ds.descriptors:
+            raise HicaError(
+                f"dataset {ds.name} has no class descriptors but methods "
+                f"{[m for m in self.cfg.methods if self.registry[m].uses_text]} need text; give the dataset "
+                "a 'descriptors' YAML (see docs/descriptors.md) or drop the text-using methods"
+            )
+        from hica.data.descriptors import load_descriptors
+        from hica.textbank import build_class_text
+
+        desc = load_descriptors(ds.descriptors)
+        desc.check_classes(ds.classes, ds.name)
+        with torch.no_grad():
+            return build_class_text(enc, desc, ds.classes, mode=self.cfg.text_mode)
+
+    def _images(self, enc: DualEncoder, samples: list[Sample]) -> torch.Tensor:
+        return torch.stack([enc.preprocess(load_image(s)) for s in samples])
+
+    # -- one run -------------------------------------------------------------------------------------------
+    def _run_one(
+        self, enc: DualEncoder, st: DatasetState, method: str, k: int, seed: int, ep: Episode | None
+    ) -> dict[str, Any]:
+        cls = self.registry[method]
+        args = self.cfg.method_args.get(method, {})
+        n_classes = len(st.ds.classes)
+        t0 = time.perf_counter()
+        if getattr(cls, "image_level", False):
+            assert ep is not None
+            sup = [st.by_id[i] for i in ep.support]
+            val = [st.by_id[i] for i in ep.val]
+            if st.test_images is None:
+                st.test_images = self._images(enc, [st.by_id[i] for i in st.test.ids])
+            data = ImageFewShotData(
+                support=self._images(enc, sup),
+                support_labels=torch.tensor([s.label for s in sup]),
+                val=self._images(enc, val),
+                val_labels=torch.tensor([s.label for s in val]),
+                num_classes=n_classes,
+                seed=seed,
+            )
+            m = cls(**args).fit(enc, data, self.device, self.precision)
+            t_fit = time.perf_counter() - t0
+            probs = m.predict_proba(st.test_images)
+        else:
+            if ep is None:  # zero-shot: no labelled image
+                d = st.test.global_.shape[1]
+                sup_x = val_x = torch.empty(0, d)
+                sup_y = val_y = torch.empty(0, dtype=torch.long)
+            else:
+                sup_f, val_f = (
+                    self.cache.get(enc, st.ds, split, [st.by_id[i] for i in ids], skip_bad=self.cfg.skip_bad,
+                                   progress=False)
+                    for split, ids in (("train", ep.support), ("val", ep.val))
+                )
+                sup_x, sup_y, val_x, val_y = sup_f.global_, sup_f.labels, val_f.global_, val_f.labels
+            data = FewShotData(
+                support=_norm(sup_x),
+                support_labels=sup_y,
+                val=_norm(val_x),
+                val_labels=val_y,
+                num_classes=n_classes,
+                text=st.text,
+                seed=seed,
+            )
+            m = cls(**args).fit(data)
+            t_fit = time.perf_counter() - t0
+            probs = m.predict_proba(_norm(st.test.global_))
+        probs = probs.float().cpu().numpy()
+        labels = st.test.labels.numpy()
+        return {
+            "dataset": st.ds.name,
+            "classes": st.ds.classes,
+            "method": method,
+            "k": k,
+            "seed": seed,
+            "metrics": classification_metrics(labels, probs),
+            "ci95": bootstrap_ci(labels, probs, n_boot=self.cfg.bootstrap, seed=seed),
+            "confusion": confusion(labels, probs),
+            "selected": m.selected,
+            "fit_seconds": round(t_fit, 3),
+            "total_seconds": round(time.perf_counter() - t0, 3),
+            "episode": ep.to_json() if ep else None,
+            "test_ids": st.test.ids,
+            "test_labels": labels.tolist(),
+            "probs": np.round(probs, 6).tolist(),
+            "config_hash": self.cfg_hash,
+        }
+
+    # -- the grid ------------------------------------------------------------------------------------------
+    def run(self, resume: bool = True) -> dict[str, Any]:
+        """Run (or resume) the grid; returns the aggregated results also written to ``out_dir``."""
+        t_start = time.perf_counter()
+        self.out.mkdir(parents=True, exist_ok=True)
+        parts = self.out / "parts"
+        parts.mkdir(exist_ok=True)
+        write_text(self.out / "config.resolved.yaml", dump_config(self.cfg))
+        enc = self._encoder()
+        write_json(self.out / "environment.json", {**machine_info(self.device, self.precision),
+                                                    "encoder": enc.fingerprint()})
+        records: list[dict[str, Any]] = []
+        for spec in self.cfg.datasets:
+            ds = load_dataset(spec, self.cfg.data_root, skip_bad=self.cfg.skip_bad)
+            t0 = time.perf_counter()
+            text = self._class_text(enc, ds)
+            test = self.cache.get(enc, ds, "test", skip_bad=self.cfg.skip_bad, progress=self.progress)
+            self.timings[f"{ds.name}/encode_test"] = round(time.perf_counter() - t0, 2)
+            st = DatasetState(ds=ds, text=text, test=test,
+                              by_id={s.id: s for sp in ds.splits.values() for s in sp})
+            grid: list[tuple[str, int, int, Episode | None]] = []
+            for method in self.cfg.methods:
+                if self.registry[method].zero_shot:
+                    grid.append((method, 0, 0, None))
+            for k in self.cfg.shots:
+                for seed in self.cfg.seeds:
+                    ep = sample_episode(ds, k, seed)
+                    write_json(self.out / "episodes" / _part_name(ds.name, "episode", k, seed), ep.to_json())
+                    for method in self.cfg.methods:
+                        if not self.registry[method].zero_shot:
+                            grid.append((method, k, seed, ep))
+            bar = tqdm(grid, desc=ds.name, disable=not self.progress, unit="run")
+            for method, k, seed, ep in bar:
+                bar.set_postfix_str(f"{method} K={k} seed={seed}")
+                path = parts / _part_name(ds.name, method, k, seed)
+                if resume and path.is_file():
+                    rec = json.loads(path.read_text())
+                    if rec.get("config_hash") == self.cfg_hash:
+                        records.append(rec)
+                        continue
+                rec = self._run_one(enc, st, method, k, seed, ep)
+                write_json(path, rec)
+                records.append(rec)
+        self.timings["total"] = round(time.perf_counter() - t_start, 2)
+        self.timings["cache_hits"], self.timings["cache_misses"] = self.cache.hits, self.cache.misses
+        from hica.report.tables import write_outputs
+
+        return write_outputs(self.out, self.cfg, records, self.timings)

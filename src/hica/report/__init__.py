@@ -1,0 +1,1 @@
+"""Run outputs: tables (Markdown, CSV, JSON) and plots."""

@@ -1,0 +1,91 @@
+"""Aggregate per-run records into metrics.json, predictions.csv and a Markdown results table."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from hica.config import BenchmarkConfig
+from hica.eval.metrics import METRICS, mean_std
+from hica.io import write_json, write_text
+
+_HEAVY = ("probs", "test_ids", "test_labels")
+
+
+def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Mean ± std over seeds of every metric, per (dataset, method, K)."""
+    groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
+    for r in records:
+        groups[(r["dataset"], r["method"], r["k"])].append(r)
+    out = []
+    for (ds, method, k), rs in sorted(groups.items()):
+        row: dict[str, Any] = {"dataset": ds, "method": method, "k": k, "n_seeds": len(rs),
+                               "seeds": sorted(r["seed"] for r in rs)}
+        for m in METRICS:
+            mu, sd = mean_std([r["metrics"][m] for r in rs])
+            row[m] = {"mean": mu, "std": sd}
+        out.append(row)
+    return out
+
+
+def _fmt(cell: dict[str, float] | None) -> str:
+    if cell is None or cell["mean"] != cell["mean"]:
+        return "–"
+    return f"{cell['mean']:.3f} ± {cell['std']:.3f}"
+
+
+def markdown_tables(summary: list[dict[str, Any]], metrics: tuple[str, ...] = ("accuracy", "auc")) -> str:
+    """One table per dataset and metric: methods × K (zero-shot methods in the K=0 column)."""
+    lines: list[str] = []
+    for ds in sorted({r["dataset"] for r in summary}):
+        rows = [r for r in summary if r["dataset"] == ds]
+        ks = sorted({r["k"] for r in rows})
+        methods = list(dict.fromkeys(r["method"] for r in rows))
+        for metric in metrics:
+            lines.append(f"### {ds} — {metric.replace('_', ' ')} (mean ± std over seeds)\n")
+            head = ["method"] + [("zero-shot" if k == 0 else f"K={k}") for k in ks]
+            lines.append("| " + " | ".join(head) + " |")
+            lines.append("|" + "---|" * len(head))
+            for method in methods:
+                cells = {r["k"]: r[metric] for r in rows if r["method"] == method}
+                lines.append("| " + " | ".join([method] + [_fmt(cells.get(k)) for k in ks]) + " |")
+            lines.append("")
+    return "\n".join(lines)
+
+
+def predictions_csv(records: list[dict[str, Any]]) -> str:
+    """Long table: one row per (run, test image) with the class probabilities."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    width = max(len(r["classes"]) for r in records) if records else 0
+    w.writerow(["dataset", "method", "k", "seed", "id", "label", "pred", *[f"p{i}" for i in range(width)]])
+    for r in records:
+        for sid, y, p in zip(r["test_ids"], r["test_labels"], r["probs"], strict=True):
+            pred = max(range(len(p)), key=p.__getitem__)
+            w.writerow([r["dataset"], r["method"], r["k"], r["seed"], sid, r["classes"][y], r["classes"][pred], *p])
+    return buf.getvalue()
+
+
+def write_outputs(
+    out: Path, cfg: BenchmarkConfig, records: list[dict[str, Any]], timings: dict[str, Any]
+) -> dict[str, Any]:
+    """Write metrics.json, predictions.csv and results.md into ``out``; return the metrics dict."""
+    summary = summarize(records)
+    light = [{k: v for k, v in r.items() if k not in _HEAVY} for r in records]
+    result = {"name": cfg.name, "summary": summary, "runs": light, "timings": timings}
+    write_json(out / "metrics.json", result)
+    write_text(out / "predictions.csv", predictions_csv(records))
+    md = [f"# {cfg.name}\n", f"Encoder: `{cfg.encoder.name}` {cfg.encoder.args or ''}; "
+          f"text mode: {cfg.text_mode}; seeds: {cfg.seeds}; test split only for reporting.\n",
+          markdown_tables(summary)]
+    if any(r["method"] == "zeroshot" for r in records) and cfg.encoder.name == "default":
+        md.append("> Zero-shot with the `default` encoder uses untrained projection heads: image and text are not "
+                  "aligned, so its numbers are at chance level by construction. It is a reference point, not a "
+                  "method result; aligned encoders (open_clip, hf) or HiCA stage 2 make zero-shot meaningful.\n")
+    md.append(f"Wall time: {timings.get('total', float('nan')):.1f} s "
+              f"(feature cache hits {timings.get('cache_hits')}, misses {timings.get('cache_misses')}).\n")
+    write_text(out / "results.md", "\n".join(md))
+    return result
