@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 from torch.utils.data import Dataset as TorchDataset
@@ -87,7 +88,13 @@ class FeatureCache:
         self.hits = self.misses = 0
 
     def shard_dir(self, encoder: DualEncoder, dataset: Dataset, split: str) -> Path:
-        key = {"encoder": encoder.fingerprint(), "precision": self.precision, "dataset": dataset.name, "source": dataset.source, "split": split}
+        key = {
+            "encoder": encoder.fingerprint(),
+            "precision": self.precision,
+            "dataset": dataset.name,
+            "source": dataset.source,
+            "split": split,
+        }
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
         return self.root / "features" / digest
 
@@ -105,15 +112,23 @@ class FeatureCache:
         samples = dataset.split(split) if samples is None else samples
         d = self.shard_dir(encoder, dataset, split)
         store = self._read(d, with_local)
-        missing = [s for s in samples if s.id not in store["index"] and s.id not in store["bad"]]
+        # images found unreadable before are skipped again only under skip_bad; otherwise retried (and
+        # encoded if the file was repaired, or reported as an error)
+        skipped = set(store["bad"]) if skip_bad else set()
+        missing = [s for s in samples if s.id not in store["index"] and s.id not in skipped]
         self.hits += len(samples) - len(missing)
         self.misses += len(missing)
         if missing:
-            self._encode_into(store, encoder, missing, with_local, skip_bad, progress, f"{dataset.name}/{split}")
+            # a shard that holds local tokens keeps them for every row
+            want_local = with_local or store["local"] is not None
+            desc = f"{dataset.name}/{split}"
+            self._encode_into(store, encoder, missing, want_local, skip_bad, progress, desc)
             self._write(d, store, encoder, dataset, split)
         keep = [s for s in samples if s.id in store["index"]]
         if skip_bad and len(keep) < len(samples):
-            log.warning("%s/%s: skipped %d unreadable image(s)", dataset.name, split, len(samples) - len(keep))
+            log.warning(
+                "%s/%s: skipped %d unreadable image(s)", dataset.name, split, len(samples) - len(keep)
+            )
         rows = torch.tensor([store["index"][s.id] for s in keep], dtype=torch.long)
         local = store["local"][rows].float() if with_local else None
         return Features(
@@ -130,10 +145,19 @@ class FeatureCache:
         meta_path = d / "index.json"
         if not meta_path.is_file():
             return empty
-        meta = json.loads(meta_path.read_text())
-        tensors = load_file(str(d / "features.safetensors"))
-        if len(tensors["global"]) != len(meta["ids"]) or (with_local and "local" not in tensors):
-            return empty  # stale shard, or one without local tokens: encode afresh
+        try:
+            meta = json.loads(meta_path.read_text())
+            tensors = load_file(str(d / "features.safetensors"))
+            n = len(meta["ids"])
+            if len(tensors["global"]) != n:
+                return empty  # stale shard: encode afresh
+        except (OSError, ValueError, KeyError, TypeError, SafetensorError) as e:
+            log.warning("feature cache shard %s is unreadable (%s); encoding afresh", d, e)
+            return empty
+        if "local" in tensors and len(tensors["local"]) != n:
+            del tensors["local"]  # local tokens not row-aligned: treat as absent
+        if with_local and "local" not in tensors:
+            return empty  # a shard without local tokens: encode afresh
         return {
             "index": {sid: i for i, sid in enumerate(meta["ids"])},
             "bad": list(meta.get("bad", [])),
@@ -188,6 +212,8 @@ class FeatureCache:
         encoder.train(was_training)
         if not ids:
             return
+        done = set(ids)
+        store["bad"] = [b for b in store["bad"] if b not in done]
         new_g = torch.cat(gl)
         base = 0 if store["global"] is None else len(store["global"])
         store["global"] = new_g if store["global"] is None else torch.cat([store["global"], new_g])

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from hica.errors import HicaError
@@ -71,7 +72,8 @@ def _run(raw: dict[str, Any], out: Path | None, resume: bool, source: str) -> No
 @app.command()
 def datasets(data_root: DataRoot = None) -> None:
     """List the datasets found under the data root, with images per class and split."""
-    from hica.data.catalog import BUILTIN_NAMES, data_root as resolve_root, load_dataset
+    from hica.data.catalog import BUILTIN_NAMES, load_dataset
+    from hica.data.catalog import data_root as resolve_root
 
     root = resolve_root(data_root)
     table = Table(title=f"datasets under {root}")
@@ -81,10 +83,12 @@ def datasets(data_root: DataRoot = None) -> None:
         try:
             ds = load_dataset(name, root)
         except HicaError as e:
-            table.add_row(name, "–", f"[yellow]not available: {e}[/yellow]", "")
+            table.add_row(name, "–", f"[yellow]not available: {escape(str(e))}[/yellow]", "")
             continue
         for split, counts in ds.counts().items():
-            table.add_row(name, split, ", ".join(f"{c} {n}" for c, n in counts.items()), str(sum(counts.values())))
+            table.add_row(
+                name, split, ", ".join(f"{c} {n}" for c, n in counts.items()), str(sum(counts.values()))
+            )
     console.print(table)
 
 
@@ -99,7 +103,9 @@ def encoders() -> None:
 
 @app.command()
 def zeroshot(
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name, imagefolder:PATH or manifest:PATH.")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Dataset name, imagefolder:PATH or manifest:PATH.")
+    ],
     encoder: EncoderName = "default",
     encoder_arg: EncoderArgs = None,
     text_mode: Annotated[str, typer.Option(help="names | descriptions | ensemble")] = "ensemble",
@@ -110,16 +116,26 @@ def zeroshot(
     out: Out = None,
 ) -> None:
     """Zero-shot classification of a dataset's test split from class text alone."""
-    raw = dict(name=f"zeroshot-{_slug(dataset)}-{encoder}", encoder={"name": encoder,
-               "args": _parse_kv(encoder_arg, "--encoder-arg")}, datasets=[dataset], shots=[],
-               methods=["zeroshot"], text_mode=text_mode, data_root=data_root, device=device,
-               precision=precision, cache_dir=cache_dir)
+    raw = dict(
+        name=f"zeroshot-{_slug(dataset)}-{encoder}",
+        encoder={"name": encoder, "args": _parse_kv(encoder_arg, "--encoder-arg")},
+        datasets=[dataset],
+        shots=[],
+        methods=["zeroshot"],
+        text_mode=text_mode,
+        data_root=data_root,
+        device=device,
+        precision=precision,
+        cache_dir=cache_dir,
+    )
     _run(raw, out, True, "command line")
 
 
 @app.command()
 def fewshot(
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name, imagefolder:PATH or manifest:PATH.")],
+    dataset: Annotated[
+        str, typer.Option("--dataset", help="Dataset name, imagefolder:PATH or manifest:PATH.")
+    ],
     method: Annotated[list[str], typer.Option("--method", help="Method name (repeatable).")],
     shots: Annotated[str, typer.Option(help="Comma-separated K values.")] = "1,2,4,8,16",
     seeds: Annotated[str, typer.Option(help="Comma-separated seeds.")] = "1,2,3",
@@ -129,14 +145,25 @@ def fewshot(
     device: Device = "auto",
     precision: Precision = "auto",
     cache_dir: CacheDir = None,
-    skip_bad: Annotated[bool, typer.Option(help="Skip unreadable images with a warning and a count.")] = False,
+    skip_bad: Annotated[
+        bool, typer.Option(help="Skip unreadable images with a warning and a count.")
+    ] = False,
     out: Out = None,
 ) -> None:
     """Few-shot evaluation: K labelled images per class, several seeds, the given methods."""
-    raw = dict(name=f"fewshot-{_slug(dataset)}-{encoder}", encoder={"name": encoder,
-               "args": _parse_kv(encoder_arg, "--encoder-arg")}, datasets=[dataset],
-               shots=_ints(shots, "--shots"), seeds=_ints(seeds, "--seeds"), methods=method,
-               data_root=data_root, device=device, precision=precision, cache_dir=cache_dir, skip_bad=skip_bad)
+    raw = dict(
+        name=f"fewshot-{_slug(dataset)}-{encoder}",
+        encoder={"name": encoder, "args": _parse_kv(encoder_arg, "--encoder-arg")},
+        datasets=[dataset],
+        shots=_ints(shots, "--shots"),
+        seeds=_ints(seeds, "--seeds"),
+        methods=method,
+        data_root=data_root,
+        device=device,
+        precision=precision,
+        cache_dir=cache_dir,
+        skip_bad=skip_bad,
+    )
     _run(raw, out, True, "command line")
 
 
@@ -147,14 +174,17 @@ def benchmark(
     resume: Annotated[bool, typer.Option(help="Reuse finished runs in the run directory.")] = True,
     data_root: DataRoot = None,
     device: Annotated[str | None, typer.Option("--device", help="Override the config's device.")] = None,
-    precision: Annotated[str | None, typer.Option("--precision", help="Override the config's precision.")] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="Override the config's precision.")
+    ] = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Run a benchmark grid (datasets × K × seeds × methods) from a YAML config."""
     from hica.config import load_config
 
-    cfg = load_config(config, {"data_root": data_root, "device": device, "precision": precision,
-                               "cache_dir": cache_dir})
+    cfg = load_config(
+        config, {"data_root": data_root, "device": device, "precision": precision, "cache_dir": cache_dir}
+    )
     from hica.eval.protocol import Benchmark
     from hica.report.tables import markdown_tables
 
@@ -162,6 +192,64 @@ def benchmark(
     result = Benchmark(cfg, out).run(resume=resume)
     console.print(markdown_tables(result["summary"]))
     console.print(f"[green]wrote[/green] {out}/")
+
+
+bench_app = typer.Typer(
+    help="Efficiency benchmarks (not tests): throughput, wall time, peak memory.", no_args_is_help=True
+)
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("encoder")
+def bench_encoder(
+    encoder: EncoderName = "default",
+    encoder_arg: EncoderArgs = None,
+    batch_size: Annotated[int, typer.Option(help="Images per batch.")] = 32,
+    rounds: Annotated[int, typer.Option(help="Interleaved timing rounds.")] = 7,
+    device: Device = "auto",
+    precision: Precision = "auto",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the result JSON here.")] = None,
+) -> None:
+    """Image-encoding throughput of an encoder vs its raw backbone forward, measured in one run."""
+    from hica.encoders import create_encoder
+    from hica.eval.efficiency import encoder_throughput, peak_rss_mb
+    from hica.eval.protocol import machine_info
+    from hica.io import write_json
+    from hica.runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    prec = resolve_precision(precision, dev)
+    enc = create_encoder(encoder, **_parse_kv(encoder_arg, "--encoder-arg")).to(dev).eval()
+    trunk = getattr(enc, "trunk", None)
+    if trunk is None:
+        raise HicaError(f"encoder {encoder!r} exposes no .trunk to compare against")
+    import torch
+
+    fwd = lambda x: trunk.forward_features(x.contiguous(memory_format=torch.channels_last))  # noqa: E731
+    size = getattr(enc, "image_size", 224)
+    res = encoder_throughput(enc, fwd, batch_size, rounds, dev, prec, size)
+    res.update(encoder=encoder, machine=machine_info(dev, prec), peak_rss_mb=round(peak_rss_mb(), 1))
+    if out:
+        write_json(out, res)
+    console.print_json(data=res)
+
+
+@bench_app.command("table")
+def bench_table(
+    config: Annotated[Path, typer.Option("--config", help="Benchmark YAML.")],
+    out: Annotated[Path, typer.Option("--out", help="Run directory of the cold run (kept).")],
+    data_root: DataRoot = None,
+    result: Annotated[Path | None, typer.Option("--result", help="Write timings JSON here.")] = None,
+) -> None:
+    """Wall time and peak memory of a whole benchmark table: cold cache, then warm cache."""
+    from hica.eval.efficiency import table_walltime
+    from hica.io import write_json
+
+    extra = ["--data-root", data_root] if data_root else []
+    res = table_walltime(config, out, extra)
+    if result:
+        write_json(result, res)
+    console.print_json(data=res)
 
 
 def _slug(text: str) -> str:
@@ -174,7 +262,8 @@ def main() -> None:
     try:
         app()
     except HicaError as e:
-        err_console.print(f"[bold red]error:[/bold red] {e}")
+        # escape: messages hold paths and lists whose [brackets] are not rich markup; one unwrapped line
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
         sys.exit(2)
 
 

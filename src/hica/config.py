@@ -85,8 +85,8 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Be
     if not path.is_file():
         raise HicaError(f"config file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise HicaError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise HicaError(f"{path}: expected a mapping at the top level")
@@ -99,7 +99,9 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> BenchmarkCon
     try:
         return BenchmarkConfig.model_validate(raw)
     except ValidationError as e:
-        msgs = "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors())
+        msgs = "; ".join(
+            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
+        )
         raise HicaError(f"{source}: invalid config: {msgs}") from e
 
 

@@ -55,7 +55,7 @@ def _chest_xray(root: Path) -> Callable[..., Dataset]:
         cmap = {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}
         classes, train = scan_imagefolder(base / "train", ["normal", "pneumonia"], cmap, skip_bad, "train/")
         _, test = scan_imagefolder(base / "test", classes, cmap, skip_bad, "test/")
-        train, val = carve_validation(train, VAL_FRACTION, VAL_SEED)
+        train, val = carve_validation(train, VAL_FRACTION, VAL_SEED, str(base / "train"))
         return Dataset(
             name="chest_xray",
             classes=classes,
@@ -72,7 +72,9 @@ def _medmnist(root: Path, name: str, classes: list[str]) -> Callable[..., Datase
     def load(size: int = 28, download: bool = False, **_: Any) -> Dataset:
         stem = name if size == 28 else f"{name}_{size}"
         path = ensure_npz(root / "medmnist" / f"{stem}.npz", stem, download=download)
-        return Dataset(name=stem, classes=classes, splits=read_npz(path, stem), descriptors=name, source=str(path))
+        return Dataset(
+            name=stem, classes=classes, splits=read_npz(path, stem), descriptors=name, source=str(path)
+        )
 
     return load
 
@@ -104,7 +106,9 @@ def _generic(kind: str, path: Path, opts: dict[str, Any]) -> Dataset:
                         path / sname, classes, opts.get("class_map"), opts.get("skip_bad", False), f"{sname}/"
                     )
         else:
-            classes, samples = scan_imagefolder(path, classes, opts.get("class_map"), opts.get("skip_bad", False))
+            classes, samples = scan_imagefolder(
+                path, classes, opts.get("class_map"), opts.get("skip_bad", False)
+            )
             splits = {"train": samples}
     else:
         raise HicaError(f"unknown dataset format {kind!r}; use imagefolder: or manifest:")
@@ -112,9 +116,9 @@ def _generic(kind: str, path: Path, opts: dict[str, Any]) -> Dataset:
         raise HicaError(f"{path}: no train split found")
     frac = float(opts.get("val_fraction", VAL_FRACTION))
     if "val" not in splits:
-        splits["train"], splits["val"] = carve_validation(splits["train"], frac, VAL_SEED)
+        splits["train"], splits["val"] = carve_validation(splits["train"], frac, VAL_SEED, str(path))
     if "test" not in splits:
-        splits["train"], splits["test"] = carve_validation(splits["train"], frac * 2, VAL_SEED + 1)
+        splits["train"], splits["test"] = carve_validation(splits["train"], frac * 2, VAL_SEED + 1, str(path))
     return Dataset(
         name=opts.get("name") or f"{kind}:{path.resolve()}",
         classes=list(classes),
@@ -124,14 +128,14 @@ def _generic(kind: str, path: Path, opts: dict[str, Any]) -> Dataset:
     )
 
 
-def load_dataset(
-    spec: str | dict[str, Any], root: str | Path | None = None, **opts: Any
-) -> Dataset:
+def load_dataset(spec: str | dict[str, Any], root: str | Path | None = None, **opts: Any) -> Dataset:
     """Load a dataset by name (``busi``, ``chest_xray``…), ``imagefolder:PATH``, ``manifest:PATH``, or a dict
     ``{"name"|"path", "format", "classes", "class_map", "descriptors", "val_fraction", "size"}``."""
     if isinstance(spec, dict):
         opts = {**spec, **opts}
-        spec = spec.get("path") and f"{spec.get('format', 'imagefolder')}:{spec['path']}" or spec.get("name", "")
+        spec = (
+            spec.get("path") and f"{spec.get('format', 'imagefolder')}:{spec['path']}" or spec.get("name", "")
+        )
     if ":" in spec and spec.split(":", 1)[0] in ("imagefolder", "manifest"):
         kind, p = spec.split(":", 1)
         path = Path(p).expanduser()
@@ -140,7 +144,8 @@ def load_dataset(
         return _generic(kind, path, opts)
     if spec not in BUILTIN_NAMES:
         raise HicaError(
-            f"unknown dataset {spec!r}; known: {', '.join(BUILTIN_NAMES)}, or imagefolder:PATH / manifest:PATH"
+            f"unknown dataset {spec!r}; known: {', '.join(BUILTIN_NAMES)}, "
+            "or imagefolder:PATH / manifest:PATH"
         )
     loaders = builtin_datasets(data_root(root))
     ds = loaders[spec](**opts)

@@ -29,14 +29,16 @@ def val_shots(k: int) -> int:
     return min(k, 4)
 
 
-def _draw(samples: list[Sample], n_classes: int, n: int, rng: np.random.Generator, what: str, ds: Dataset):
+def _draw(
+    samples: list[Sample], n_classes: int, n: int, rng: np.random.Generator, what: str, ds: Dataset, k: int
+):
     chosen: list[str] = []
     for c in range(n_classes):
         pool = sorted(s.id for s in samples if s.label == c)
         if len(pool) < n:
             raise HicaError(
-                f"K={n} {what} shots requested for class {ds.classes[c]!r} of {ds.name}, but its {what} split "
-                f"has only {len(pool)} image(s); use a smaller K"
+                f"K={k} needs {n} {what} shot(s) of class {ds.classes[c]!r} of {ds.name}, but its {what} "
+                f"split has only {len(pool)} image(s) of it; use a smaller K"
             )
         chosen.extend(pool[i] for i in sorted(rng.choice(len(pool), size=n, replace=False)))
     return tuple(chosen)
@@ -50,8 +52,10 @@ def sample_episode(ds: Dataset, k: int, seed: int) -> Episode:
     """
     if k < 1:
         raise HicaError(f"K (shots per class) must be >= 1, got {k}")
+    if seed < 0:
+        raise HicaError(f"seed must be >= 0, got {seed}")
     rng = np.random.default_rng([seed, k])
     n = len(ds.classes)
-    support = _draw(ds.split("train"), n, k, rng, "train", ds)
-    val = _draw(ds.split("val"), n, val_shots(k), rng, "val", ds)
+    support = _draw(ds.split("train"), n, k, rng, "train", ds, k)
+    val = _draw(ds.split("val"), n, val_shots(k), rng, "val", ds, k)
     return Episode(dataset=ds.name, k=k, seed=seed, support=support, val=val)

@@ -35,7 +35,9 @@ class RGBConvert:
         return "RGBConvert()"
 
 
-def image_transform(size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic"):
+def image_transform(
+    size: int, mean: tuple[float, ...], std: tuple[float, ...], interpolation: str = "bicubic"
+):
     """Resize to ``size``×``size`` (no crop: lesions near the border stay in view), to tensor, normalise."""
     interp = {"bicubic": T.InterpolationMode.BICUBIC, "bilinear": T.InterpolationMode.BILINEAR}[interpolation]
     return T.Compose(

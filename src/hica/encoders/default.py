@@ -52,7 +52,13 @@ def map_lukemelas_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     """Rename a lukemelas-style EfficientNet-Lite0 state dict to timm's ``tf_efficientnet_lite0`` keys."""
     idx = _stage_index()
     out: dict[str, torch.Tensor] = {}
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
+    top = {
+        "_conv_stem": "conv_stem",
+        "_bn0": "bn1",
+        "_conv_head": "conv_head",
+        "_bn1": "bn2",
+        "_fc": "classifier",
+    }
     for key, val in state.items():
         m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
         if m:
@@ -174,7 +180,9 @@ class DefaultEncoder(DualEncoder):
         return list(self.trunk.parameters()) + list(self.image_proj.parameters())
 
     def encode_image(self, images: torch.Tensor) -> ImageFeatures:
-        fmap = self.trunk.forward_features(images.contiguous(memory_format=torch.channels_last))  # (B,1280,h,w)
+        fmap = self.trunk.forward_features(
+            images.contiguous(memory_format=torch.channels_last)
+        )  # (B,1280,h,w)
         b, c, h, w = fmap.shape
         local = self.image_proj(fmap.flatten(2).transpose(1, 2))  # (B, h*w, D)
         # Projection is linear, so projecting the pooled map equals pooling the projected cells.

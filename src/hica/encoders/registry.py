@@ -48,7 +48,5 @@ def create_encoder(name: str, **kwargs: Any) -> DualEncoder:
     """Build the encoder registered as ``name`` with backend-specific keyword arguments."""
     _load_backends()
     if name not in _REGISTRY:
-        raise HicaError(
-            f"unknown encoder {name!r}; available encoders: {', '.join(sorted(_REGISTRY))}"
-        )
+        raise HicaError(f"unknown encoder {name!r}; available encoders: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name](**kwargs)

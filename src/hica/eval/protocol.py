@@ -153,8 +153,14 @@ class Benchmark:
                 sup_y = val_y = torch.empty(0, dtype=torch.long)
             else:
                 sup_f, val_f = (
-                    self.cache.get(enc, st.ds, split, [st.by_id[i] for i in ids], skip_bad=self.cfg.skip_bad,
-                                   progress=False)
+                    self.cache.get(
+                        enc,
+                        st.ds,
+                        split,
+                        [st.by_id[i] for i in ids],
+                        skip_bad=self.cfg.skip_bad,
+                        progress=False,
+                    )
                     for split, ids in (("train", ep.support), ("val", ep.val))
                 )
                 sup_x, sup_y, val_x, val_y = sup_f.global_, sup_f.labels, val_f.global_, val_f.labels
@@ -200,8 +206,10 @@ class Benchmark:
         parts.mkdir(exist_ok=True)
         write_text(self.out / "config.resolved.yaml", dump_config(self.cfg))
         enc = self._encoder()
-        write_json(self.out / "environment.json", {**machine_info(self.device, self.precision),
-                                                    "encoder": enc.fingerprint()})
+        write_json(
+            self.out / "environment.json",
+            {**machine_info(self.device, self.precision), "encoder": enc.fingerprint()},
+        )
         records: list[dict[str, Any]] = []
         for spec in self.cfg.datasets:
             ds = load_dataset(spec, self.cfg.data_root, skip_bad=self.cfg.skip_bad)
@@ -209,8 +217,9 @@ class Benchmark:
             text = self._class_text(enc, ds)
             test = self.cache.get(enc, ds, "test", skip_bad=self.cfg.skip_bad, progress=self.progress)
             self.timings[f"{ds.name}/encode_test"] = round(time.perf_counter() - t0, 2)
-            st = DatasetState(ds=ds, text=text, test=test,
-                              by_id={s.id: s for sp in ds.splits.values() for s in sp})
+            st = DatasetState(
+                ds=ds, text=text, test=test, by_id={s.id: s for sp in ds.splits.values() for s in sp}
+            )
             grid: list[tuple[str, int, int, Episode | None]] = []
             for method in self.cfg.methods:
                 if self.registry[method].zero_shot:

@@ -29,7 +29,7 @@ def _freeze_bn(module: nn.Module) -> None:
 
 @register_method("finetune")
 class FineTune(ImageMethod):
-    """End-to-end fine-tuning; hparams: steps, batch_size, lr, head_lr, weight_decay, eval_every, temperature."""
+    """End-to-end fine-tuning (steps, batch_size, lr, head_lr, weight_decay, eval_every, temperature)."""
 
     def __init__(
         self,
@@ -42,8 +42,13 @@ class FineTune(ImageMethod):
         temperature: float = 0.05,
     ) -> None:
         super().__init__(
-            steps=steps, batch_size=batch_size, lr=lr, head_lr=head_lr, weight_decay=weight_decay,
-            eval_every=eval_every, temperature=temperature,
+            steps=steps,
+            batch_size=batch_size,
+            lr=lr,
+            head_lr=head_lr,
+            weight_decay=weight_decay,
+            eval_every=eval_every,
+            temperature=temperature,
         )
         self.model: nn.Module | None = None
 
@@ -61,7 +66,9 @@ class FineTune(ImageMethod):
         out = []
         for i in range(0, len(x), batch_size):
             with autocast(self._device, self._precision):
-                out.append(self._logits(self.encoder, self.head, x[i : i + batch_size].to(self._device)).float())
+                out.append(
+                    self._logits(self.encoder, self.head, x[i : i + batch_size].to(self._device)).float()
+                )
         return torch.cat(out).cpu()
 
     def fit(self, encoder, data: ImageFewShotData, device: torch.device, precision: str) -> FineTune:
@@ -77,17 +84,25 @@ class FineTune(ImageMethod):
             for i in range(0, len(data.support), 64):
                 feats.append(self.encoder.encode_image(data.support[i : i + 64].to(device)).global_.float())
         feats = F.normalize(torch.cat(feats), dim=-1)
-        proto = torch.stack([feats[data.support_labels.to(device) == c].mean(0) for c in range(data.num_classes)])
+        proto = torch.stack(
+            [feats[data.support_labels.to(device) == c].mean(0) for c in range(data.num_classes)]
+        )
         self.head = nn.Parameter(F.normalize(proto, dim=-1).clone())
         params = [p for p in self.encoder.image_parameters() if p.requires_grad]
         opt = torch.optim.AdamW(
             [{"params": params, "lr": hp["lr"]}, {"params": [self.head], "lr": hp["head_lr"]}],
             weight_decay=hp["weight_decay"],
         )
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / hp["steps"])))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / hp["steps"]))
+        )
         size = data.support.shape[-1]
-        aug = T.Compose([T.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True),
-                         T.RandomRotation(10)])
+        aug = T.Compose(
+            [
+                T.RandomResizedCrop(size, scale=(0.75, 1.0), ratio=(0.9, 1.1), antialias=True),
+                T.RandomRotation(10),
+            ]
+        )
         best = (*self._eval(data.val, data.val_labels), 0)
         best_state = None
         n = len(data.support)

@@ -22,8 +22,13 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         groups[(r["dataset"], r["method"], r["k"])].append(r)
     out = []
     for (ds, method, k), rs in sorted(groups.items()):
-        row: dict[str, Any] = {"dataset": ds, "method": method, "k": k, "n_seeds": len(rs),
-                               "seeds": sorted(r["seed"] for r in rs)}
+        row: dict[str, Any] = {
+            "dataset": ds,
+            "method": method,
+            "k": k,
+            "n_seeds": len(rs),
+            "seeds": sorted(r["seed"] for r in rs),
+        }
         for m in METRICS:
             mu, sd = mean_std([r["metrics"][m] for r in rs])
             row[m] = {"mean": mu, "std": sd}
@@ -65,7 +70,9 @@ def predictions_csv(records: list[dict[str, Any]]) -> str:
     for r in records:
         for sid, y, p in zip(r["test_ids"], r["test_labels"], r["probs"], strict=True):
             pred = max(range(len(p)), key=p.__getitem__)
-            w.writerow([r["dataset"], r["method"], r["k"], r["seed"], sid, r["classes"][y], r["classes"][pred], *p])
+            w.writerow(
+                [r["dataset"], r["method"], r["k"], r["seed"], sid, r["classes"][y], r["classes"][pred], *p]
+            )
     return buf.getvalue()
 
 
@@ -78,14 +85,21 @@ def write_outputs(
     result = {"name": cfg.name, "summary": summary, "runs": light, "timings": timings}
     write_json(out / "metrics.json", result)
     write_text(out / "predictions.csv", predictions_csv(records))
-    md = [f"# {cfg.name}\n", f"Encoder: `{cfg.encoder.name}` {cfg.encoder.args or ''}; "
-          f"text mode: {cfg.text_mode}; seeds: {cfg.seeds}; test split only for reporting.\n",
-          markdown_tables(summary)]
+    md = [
+        f"# {cfg.name}\n",
+        f"Encoder: `{cfg.encoder.name}` {cfg.encoder.args or ''}; "
+        f"text mode: {cfg.text_mode}; seeds: {cfg.seeds}; test split only for reporting.\n",
+        markdown_tables(summary),
+    ]
     if any(r["method"] == "zeroshot" for r in records) and cfg.encoder.name == "default":
-        md.append("> Zero-shot with the `default` encoder uses untrained projection heads: image and text are not "
-                  "aligned, so its numbers are at chance level by construction. It is a reference point, not a "
-                  "method result; aligned encoders (open_clip, hf) or HiCA stage 2 make zero-shot meaningful.\n")
-    md.append(f"Wall time: {timings.get('total', float('nan')):.1f} s "
-              f"(feature cache hits {timings.get('cache_hits')}, misses {timings.get('cache_misses')}).\n")
+        md.append(
+            "> Zero-shot with the `default` encoder uses untrained projection heads: image and text are not "
+            "aligned, so its numbers are at chance level by construction. It is a reference point, not a "
+            "method result; aligned encoders (open_clip, hf) or HiCA stage 2 make zero-shot meaningful.\n"
+        )
+    md.append(
+        f"Wall time: {timings.get('total', float('nan')):.1f} s "
+        f"(feature cache hits {timings.get('cache_hits')}, misses {timings.get('cache_misses')}).\n"
+    )
     write_text(out / "results.md", "\n".join(md))
     return result

@@ -48,12 +48,15 @@ def scan_busi(root: str | Path, classes: list[str] = BUSI_CLASSES) -> dict[str, 
     return out
 
 
-def read_split_file(path: str | Path, by_id: dict[str, Sample], classes: list[str]) -> dict[str, list[Sample]]:
+def read_split_file(
+    path: str | Path, by_id: dict[str, Sample], classes: list[str]
+) -> dict[str, list[Sample]]:
     """Assign samples to splits from a ``file,label,split`` CSV; every row must name a known image."""
     path = Path(path)
     if not path.is_file():
         raise HicaError(f"split file {path} not found")
     splits: dict[str, list[Sample]] = {}
+    seen: dict[str, tuple[int, str]] = {}  # file -> (line, split) of its first row
     with path.open(newline="") as f:
         reader = csv.DictReader(f)
         need = {"file", "label", "split"}
@@ -67,6 +70,15 @@ def read_split_file(path: str | Path, by_id: dict[str, Sample], classes: list[st
                 raise HicaError(f"{path}:{i}: unknown class {row['label']!r}; classes are {classes}")
             s = by_id[sid]
             if classes[s.label] != row["label"]:
-                raise HicaError(f"{path}:{i}: {sid} is labelled {row['label']!r} but lies in {classes[s.label]}/")
+                raise HicaError(
+                    f"{path}:{i}: {sid} is labelled {row['label']!r} but lies in {classes[s.label]}/"
+                )
+            if sid in seen:
+                line, split = seen[sid]
+                raise HicaError(
+                    f"{path}:{i}: {sid} is listed again (first on line {line}, split {split!r}); "
+                    "each image must appear once, in one split"
+                )
+            seen[sid] = (i, row["split"])
             splits.setdefault(row["split"], []).append(s)
     return splits

@@ -36,7 +36,9 @@ def scan_imagefolder(
         classes = sorted(by_class)
     missing = [c for c in classes if c not in by_class]
     if missing:
-        raise HicaError(f"{root}: no folder for class(es) {missing}; found folders {[f.name for f in folders]}")
+        raise HicaError(
+            f"{root}: no folder for class(es) {missing}; found folders {[f.name for f in folders]}"
+        )
     samples: list[Sample] = []
     skipped = 0
     for label, cname in enumerate(classes):

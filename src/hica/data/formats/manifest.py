@@ -9,7 +9,9 @@ from hica.data.sample import Sample
 from hica.errors import HicaError
 
 
-def read_manifest(path: str | Path, classes: list[str] | None = None) -> tuple[list[str], dict[str, list[Sample]]]:
+def read_manifest(
+    path: str | Path, classes: list[str] | None = None
+) -> tuple[list[str], dict[str, list[Sample]]]:
     """Read a manifest into (classes, {split: samples}); rows without a split go to ``train``.
 
     A class not in ``classes`` (when given), a missing image or mask, or a bad header is an error naming
@@ -25,7 +27,19 @@ def read_manifest(path: str | Path, classes: list[str] | None = None) -> tuple[l
         fields = set(reader.fieldnames or [])
         if not {"path", "label"} <= fields:
             raise HicaError(f"manifest {path} needs a header with columns path,label[,split][,mask]")
+        seen: dict[str, int] = {}
         for i, row in enumerate(reader, start=2):
+            if not row["path"] or not row["label"]:
+                raise HicaError(
+                    f"{path}:{i}: every row needs a path and a label, got path {row['path']!r}, "
+                    f"label {row['label']!r}"
+                )
+            if row["path"] in seen:
+                raise HicaError(
+                    f"{path}:{i}: {row['path']} is listed again (first on line {seen[row['path']]}); "
+                    "each image must appear once, in one split"
+                )
+            seen[row["path"]] = i
             masks = [m for m in (row.get("mask") or "").split(";") if m]
             rows.append((i, row["path"], row["label"], row.get("split") or "train", masks))
     if not rows:
@@ -47,5 +61,7 @@ def read_manifest(path: str | Path, classes: list[str] | None = None) -> tuple[l
         for m in mpaths:
             if not m.is_file():
                 raise HicaError(f"{path}:{line}: mask {m} not found")
-        splits.setdefault(split, []).append(Sample(id=rel, label=classes.index(label), path=img, masks=mpaths))
+        splits.setdefault(split, []).append(
+            Sample(id=rel, label=classes.index(label), path=img, masks=mpaths)
+        )
     return classes, splits

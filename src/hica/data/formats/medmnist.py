@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import urllib.error
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -54,17 +55,23 @@ def ensure_npz(path: Path, name: str, download: bool = False, timeout: float = 1
 def read_npz(path: str | Path, prefix: str) -> dict[str, list[Sample]]:
     """Samples per official split; ids are ``<prefix>:<split>:<index>``."""
     path = Path(path)
+    bad = f"cannot read {path} as a MedMNIST .npz"
     try:
         data = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise HicaError(f"cannot read {path} as a MedMNIST .npz: {e}") from e
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        raise HicaError(f"{bad}: {e}; replace the file (or delete it and pass --download)") from e
+    if not isinstance(data, np.lib.npyio.NpzFile):
+        raise HicaError(f"{bad}: it holds one array, not the archive of {{train,val,test}}_images/labels")
     out: dict[str, list[Sample]] = {}
     with data:
         for split in SPLITS:
             ik, lk = f"{split}_images", f"{split}_labels"
             if ik not in data or lk not in data:
                 raise HicaError(f"{path} lacks key {ik!r} or {lk!r}; is it a MedMNIST file?")
-            images, labels = data[ik], data[lk].reshape(-1)
+            try:
+                images, labels = data[ik], data[lk].reshape(-1)
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+                raise HicaError(f"{bad}: {e}; replace the file (or delete it and pass --download)") from e
             if len(images) != len(labels):
                 raise HicaError(f"{path}: {ik} has {len(images)} images but {lk} has {len(labels)} labels")
             out[split] = [

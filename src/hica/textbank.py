@@ -1,0 +1,57 @@
+"""Embed a dataset's class text (descriptor prompts) with an encoder's text tower."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hica.data.descriptors import Descriptors
+from hica.errors import HicaError
+from hica.methods.base import ClassText
+
+
+def build_class_text(
+    encoder: Any,
+    descriptors: Descriptors,
+    classes: Sequence[str],
+    mode: str = "ensemble",
+    batch_size: int = 64,
+) -> ClassText:
+    """Encode every class's prompts (``descriptors.class_prompts(cls, mode)``) into a ``ClassText``.
+
+    Prompt embeddings are L2-normalised; a class embedding is the normalised mean of its prompts. Rows
+    follow ``classes`` (the dataset's label order). All tensors are float32 on CPU. ``logit_scale`` is the
+    encoder's ``logit_scale`` attribute (already exponentiated, e.g. CLIP's 100), else 100.
+    """
+    if batch_size < 1:
+        raise HicaError(f"batch_size must be >= 1, got {batch_size}")
+    if not classes:
+        raise HicaError("build_class_text: no classes given")
+    missing = [c for c in classes if c not in descriptors.classes]
+    if missing:
+        raise HicaError(
+            f"classes {missing} have no entry in descriptor file {descriptors.source} "
+            f"(its classes: {descriptors.classes}); add them or use descriptors written for this dataset"
+        )
+    prompts = [descriptors.class_prompts(c, mode) for c in classes]
+    flat = [p for ps in prompts for p in ps]
+    chunks = []
+    with torch.no_grad():
+        for i in range(0, len(flat), batch_size):
+            batch = flat[i : i + batch_size]
+            emb = encoder.encode_text(batch)
+            if emb.ndim != 2 or emb.shape[0] != len(batch):
+                raise ValueError(f"encode_text returned shape {tuple(emb.shape)} for {len(batch)} texts")
+            chunks.append(emb.detach().to("cpu", torch.float32))
+    all_emb = F.normalize(torch.cat(chunks), dim=-1)
+    prompt_emb = list(torch.split(all_emb, [len(ps) for ps in prompts]))
+    class_emb = F.normalize(torch.stack([e.mean(0) for e in prompt_emb]), dim=-1)
+    scale = getattr(encoder, "logit_scale", 100.0)
+    return ClassText(
+        class_emb=class_emb,
+        prompt_emb=[e.clone() for e in prompt_emb],
+        logit_scale=float(scale.item() if isinstance(scale, torch.Tensor) else scale),
+    )
