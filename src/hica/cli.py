@@ -65,7 +65,7 @@ def _run(raw: dict[str, Any], out: Path | None, resume: bool, source: str) -> No
     result = Benchmark(cfg, out).run(resume=resume)
     from hica.report.tables import markdown_tables
 
-    console.print(markdown_tables(result["summary"]))
+    console.print(markdown_tables(result["summary"], method_order=result["methods"]))
     console.print(f"[green]wrote[/green] {out}/ (results.md, metrics.json, predictions.csv, episodes/)")
 
 
@@ -190,7 +190,7 @@ def benchmark(
 
     out = out or Path("runs") / cfg.name
     result = Benchmark(cfg, out).run(resume=resume)
-    console.print(markdown_tables(result["summary"]))
+    console.print(markdown_tables(result["summary"], method_order=result["methods"]))
     console.print(f"[green]wrote[/green] {out}/")
 
 

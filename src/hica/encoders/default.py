@@ -131,6 +131,9 @@ class DefaultEncoder(DualEncoder):
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
 
         self.trunk = load_lite0_trunk(image_weights)
         self.trunk.reset_classifier(0)

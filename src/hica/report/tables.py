@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -42,13 +43,19 @@ def _fmt(cell: dict[str, float] | None) -> str:
     return f"{cell['mean']:.3f} ± {cell['std']:.3f}"
 
 
-def markdown_tables(summary: list[dict[str, Any]], metrics: tuple[str, ...] = ("accuracy", "auc")) -> str:
+def markdown_tables(
+    summary: list[dict[str, Any]],
+    metrics: tuple[str, ...] = ("accuracy", "auc"),
+    method_order: list[str] | None = None,
+) -> str:
     """One table per dataset and metric: methods × K (zero-shot methods in the K=0 column)."""
     lines: list[str] = []
     for ds in sorted({r["dataset"] for r in summary}):
         rows = [r for r in summary if r["dataset"] == ds]
         ks = sorted({r["k"] for r in rows})
         methods = list(dict.fromkeys(r["method"] for r in rows))
+        if method_order:
+            methods.sort(key=lambda m: method_order.index(m) if m in method_order else len(method_order))
         for metric in metrics:
             lines.append(f"### {ds} — {metric.replace('_', ' ')} (mean ± std over seeds)\n")
             head = ["method"] + [("zero-shot" if k == 0 else f"K={k}") for k in ks]
@@ -82,14 +89,14 @@ def write_outputs(
     """Write metrics.json, predictions.csv and results.md into ``out``; return the metrics dict."""
     summary = summarize(records)
     light = [{k: v for k, v in r.items() if k not in _HEAVY} for r in records]
-    result = {"name": cfg.name, "summary": summary, "runs": light, "timings": timings}
+    result = {"name": cfg.name, "methods": cfg.methods, "summary": summary, "runs": light, "timings": timings}
     write_json(out / "metrics.json", result)
     write_text(out / "predictions.csv", predictions_csv(records))
     md = [
         f"# {cfg.name}\n",
         f"Encoder: `{cfg.encoder.name}` {cfg.encoder.args or ''}; "
         f"text mode: {cfg.text_mode}; seeds: {cfg.seeds}; test split only for reporting.\n",
-        markdown_tables(summary),
+        markdown_tables(summary, METRICS, method_order=cfg.methods),
     ]
     if any(r["method"] == "zeroshot" for r in records) and cfg.encoder.name == "default":
         md.append(
@@ -101,5 +108,13 @@ def write_outputs(
         f"Wall time: {timings.get('total', float('nan')):.1f} s "
         f"(feature cache hits {timings.get('cache_hits')}, misses {timings.get('cache_misses')}).\n"
     )
+    env_path = out / "environment.json"
+    if env_path.is_file():
+        env = json.loads(env_path.read_text())
+        md.append(
+            f"Machine: {env.get('cpu')} ({env.get('cpu_cores')} cores), device {env.get('device')}"
+            f"{' ' + env['gpu'] if env.get('gpu') else ''}, precision {env.get('precision')}, "
+            f"torch {env.get('torch')}.\n"
+        )
     write_text(out / "results.md", "\n".join(md))
     return result

@@ -1,0 +1,29 @@
+"""Few-shot and zero-shot methods; importing this package registers them all."""
+
+from hica.methods import (  # noqa: F401  (registration)
+    clap,
+    finetune,
+    linear_probe,
+    prototype,
+    tip_adapter,
+    zeroshot,
+)
+from hica.methods.base import (
+    ClassText,
+    FewShotData,
+    ImageFewShotData,
+    ImageMethod,
+    Method,
+    method_registry,
+    register_method,
+)
+
+__all__ = [
+    "ClassText",
+    "FewShotData",
+    "ImageFewShotData",
+    "ImageMethod",
+    "Method",
+    "method_registry",
+    "register_method",
+]

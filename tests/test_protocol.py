@@ -1,0 +1,134 @@
+"""End to end: the benchmark protocol on a tiny real BUSI subset with the real default encoder."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from hica.config import validate_config
+from hica.eval.protocol import Benchmark
+
+CLASSES = ("benign", "malignant", "normal")
+PER_SPLIT = {"train": 3, "val": 2, "test": 3}
+
+
+@pytest.fixture(scope="module")
+def tiny_busi_folder(tmp_path_factory) -> Path:
+    from conftest import find_data_root
+
+    src = find_data_root() / "busi" / "Dataset_BUSI_with_GT"
+    if not src.is_dir():
+        pytest.skip(f"real data not found at {src}")
+    dst = tmp_path_factory.mktemp("busi_folder")
+    for cls in CLASSES:
+        files = sorted(p for p in (src / cls).glob("*).png"))[: sum(PER_SPLIT.values())]
+        i = 0
+        for split, n in PER_SPLIT.items():
+            (dst / split / cls).mkdir(parents=True)
+            for f in files[i : i + n]:
+                shutil.copy2(f, dst / split / cls / f.name)
+            i += n
+    return dst
+
+
+def _config(folder: Path, cache: Path, methods: list[str]) -> dict:
+    return {
+        "name": "tiny",
+        "datasets": [
+            {"path": str(folder), "format": "imagefolder", "descriptors": "busi", "name": "tiny-busi"}
+        ],
+        "shots": [1, 2],
+        "seeds": [1, 2],
+        "methods": methods,
+        "method_args": {"finetune": {"steps": 2, "eval_every": 1, "batch_size": 4}}
+        if "finetune" in methods
+        else {},
+        "bootstrap": 50,
+        "cache_dir": str(cache),
+        "precision": "fp32",
+        "device": "cpu",
+    }
+
+
+ALL_METHODS = [
+    "zeroshot",
+    "prototype",
+    "knn",
+    "linear_probe",
+    "tip_adapter",
+    "tip_adapter_f",
+    "clap",
+    "finetune",
+]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_busi_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    cache = tmp_path_factory.mktemp("cache")
+    cfg = validate_config(_config(tiny_busi_folder, cache, ALL_METHODS))
+    result = Benchmark(cfg, out, progress=False).run()
+    return cfg, out, cache, result
+
+
+def test_outputs_written(finished_run) -> None:
+    cfg, out, _, result = finished_run
+    for name in ("results.md", "metrics.json", "predictions.csv", "config.resolved.yaml", "environment.json"):
+        assert (out / name).is_file(), name
+    # zero-shot once; every other method for each K × seed
+    n_runs = 1 + (len(ALL_METHODS) - 1) * 2 * 2
+    assert len(result["runs"]) == n_runs
+    assert len(list((out / "episodes").glob("*.json"))) == 4
+    metrics = json.loads((out / "metrics.json").read_text())
+    for run in metrics["runs"]:
+        for v in run["metrics"].values():
+            assert 0.0 <= v <= 1.0 or v != v
+        lo, hi = run["ci95"]["accuracy"]
+        assert lo <= run["metrics"]["accuracy"] <= hi
+        assert sum(map(sum, run["confusion"])) == 9  # 3 test images per class
+    with (out / "predictions.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == n_runs * 9
+    assert abs(sum(float(rows[0][f"p{i}"]) for i in range(3)) - 1) < 1e-4
+    md = (out / "results.md").read_text()
+    assert "| linear_probe |" in md and "K=2" in md and "chance level" in md
+
+
+def test_episodes_never_touch_test(finished_run) -> None:
+    _, out, _, result = finished_run
+    for run in result["runs"]:
+        ep = run["episode"]
+        if ep is None:
+            continue
+        assert all(i.startswith("train/") for i in ep["support"])
+        assert all(i.startswith("val/") for i in ep["val"])
+
+
+def test_resume_reuses_parts_and_recomputes_missing(finished_run, tiny_busi_folder) -> None:
+    cfg, out, cache, first = finished_run
+    parts = sorted((out / "parts").glob("*.json"))
+    victim = next(p for p in parts if "__linear_probe__K2__s2" in p.name)
+    victim.unlink()
+    before = {p.name: p.stat().st_mtime_ns for p in parts if p != victim}
+    bench = Benchmark(cfg, out, progress=False)
+    second = bench.run()
+    assert victim.is_file()
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "parts").glob("*.json") if p != victim}
+    assert after == before  # untouched parts were reused, not rewritten
+    assert bench.cache.misses == 0  # all features came from the cache
+    a = {(r["method"], r["k"], r["seed"]): r["metrics"] for r in first["runs"]}
+    b = {(r["method"], r["k"], r["seed"]): r["metrics"] for r in second["runs"]}
+    assert a == b  # the recomputed run is deterministic
+
+
+def test_text_methods_need_descriptors(tiny_busi_folder, tmp_path) -> None:
+    from hica.errors import HicaError
+
+    raw = _config(tiny_busi_folder, tmp_path / "c", ["zeroshot"])
+    raw["datasets"][0].pop("descriptors")
+    with pytest.raises(HicaError, match="descriptors"):
+        Benchmark(validate_config(raw), tmp_path / "o", progress=False).run()
