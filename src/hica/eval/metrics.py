@@ -17,6 +17,12 @@ from sklearn.metrics import (
 METRICS = ("accuracy", "balanced_accuracy", "macro_f1", "auc")
 
 
+def _rows_sum_to_one(probs: np.ndarray) -> np.ndarray:
+    """Renormalise rows that do not already sum to 1 (scikit-learn's multi-class AUC requires it)."""
+    sums = probs.sum(1, keepdims=True)
+    return probs if np.allclose(sums, 1.0, atol=1e-6) else probs / sums
+
+
 def auc(labels: np.ndarray, probs: np.ndarray) -> float:
     """ROC AUC: positive-class AUC for 2 classes, one-vs-rest macro AUC for more; NaN if undefined."""
     n_classes = probs.shape[1]
@@ -26,8 +32,11 @@ def auc(labels: np.ndarray, probs: np.ndarray) -> float:
         return float(roc_auc_score(labels, probs[:, 1]))
     if len(np.unique(labels)) < n_classes:
         return float("nan")
-    p = probs / probs.sum(1, keepdims=True)
-    return float(roc_auc_score(labels, p, multi_class="ovr", average="macro", labels=list(range(n_classes))))
+    return float(
+        roc_auc_score(
+            labels, _rows_sum_to_one(probs), multi_class="ovr", average="macro", labels=list(range(n_classes))
+        )
+    )
 
 
 def one_vs_rest_auc(labels: np.ndarray, probs: np.ndarray, cls: int) -> float:
@@ -78,6 +87,7 @@ def bootstrap_ci(
     Each resample is a multinomial weight vector over the images, so every metric is a weighted sum.
     """
     labels = np.asarray(labels)
+    probs = _rows_sum_to_one(probs)  # as classification_metrics' AUC sees them
     rng = np.random.default_rng(seed)
     n, k = probs.shape
     w = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)  # (B, n)
