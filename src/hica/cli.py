@@ -34,6 +34,9 @@ EncoderArgs = Annotated[
     list[str] | None, typer.Option("--encoder-arg", help="Encoder keyword argument KEY=VALUE (repeatable).")
 ]
 CacheDir = Annotated[str | None, typer.Option("--cache-dir", help="Feature cache (default $HICA_CACHE).")]
+Download = Annotated[
+    bool, typer.Option("--download", help="Fetch a missing MedMNIST file from Zenodo (MD5-checked).")
+]
 Out = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")]
 
 
@@ -113,13 +116,14 @@ def zeroshot(
     device: Device = "auto",
     precision: Precision = "auto",
     cache_dir: CacheDir = None,
+    download: Download = False,
     out: Out = None,
 ) -> None:
     """Zero-shot classification of a dataset's test split from class text alone."""
     raw = dict(
         name=f"zeroshot-{_slug(dataset)}-{encoder}",
         encoder={"name": encoder, "args": _parse_kv(encoder_arg, "--encoder-arg")},
-        datasets=[dataset],
+        datasets=[_dataset_spec(dataset, download)],
         shots=[],
         methods=["zeroshot"],
         text_mode=text_mode,
@@ -148,13 +152,14 @@ def fewshot(
     skip_bad: Annotated[
         bool, typer.Option(help="Skip unreadable images with a warning and a count.")
     ] = False,
+    download: Download = False,
     out: Out = None,
 ) -> None:
     """Few-shot evaluation: K labelled images per class, several seeds, the given methods."""
     raw = dict(
         name=f"fewshot-{_slug(dataset)}-{encoder}",
         encoder={"name": encoder, "args": _parse_kv(encoder_arg, "--encoder-arg")},
-        datasets=[dataset],
+        datasets=[_dataset_spec(dataset, download)],
         shots=_ints(shots, "--shots"),
         seeds=_ints(seeds, "--seeds"),
         methods=method,
@@ -250,6 +255,10 @@ def bench_table(
     if result:
         write_json(result, res)
     console.print_json(data=res)
+
+
+def _dataset_spec(dataset: str, download: bool) -> str | dict[str, Any]:
+    return {"name": dataset, "download": True} if download else dataset
 
 
 def _slug(text: str) -> str:
