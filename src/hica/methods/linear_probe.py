@@ -1,7 +1,10 @@
-"""Linear probe (CLIP protocol, Radford et al. 2021): L2-regularised logistic regression on frozen features.
+"""Linear probe (CLIP, Radford et al., ICML 2021; CoOp protocol, Zhou et al., IJCV 2022).
 
-C is chosen from a log grid by validation accuracy, ties broken by validation log-loss, then by the
-smaller C (stronger regularisation); the model is refit on the support set with the chosen C.
+L2-regularised multinomial logistic regression (scikit-learn, lbfgs) on the frozen features. The inverse
+regularisation strength C is chosen on the validation shots from ``C_GRID`` (10⁻² … 10³, 11 values, log
+spaced): highest validation accuracy, then balanced accuracy, then lowest validation log-loss, then the
+smaller C. The model is refit on the support set with the chosen C (the support is unchanged, so the refit
+is the selected model itself).
 """
 
 from __future__ import annotations
@@ -10,7 +13,7 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from hica.methods._select import select, val_score
+from hica.methods._select import need_shots, select, single_threaded, val_score
 from hica.methods.base import FewShotData, Method, register_method
 
 C_GRID = tuple(float(c) for c in np.logspace(-2, 3, 11))
@@ -18,27 +21,32 @@ C_GRID = tuple(float(c) for c in np.logspace(-2, 3, 11))
 
 @register_method("linear_probe")
 class LinearProbe(Method):
-    """Logistic regression; hparams: ``c_grid``, ``max_iter``."""
+    """Logistic regression on frozen features; hparams: ``c_grid`` (ascending), ``max_iter``."""
 
     def __init__(self, c_grid: tuple[float, ...] = C_GRID, max_iter: int = 1000) -> None:
-        super().__init__(c_grid=list(c_grid), max_iter=max_iter)
+        super().__init__(c_grid=sorted(float(c) for c in c_grid), max_iter=max_iter)
 
     def _fit(self, c: float, x: np.ndarray, y: np.ndarray) -> LogisticRegression:
-        return LogisticRegression(C=c, max_iter=self.hparams["max_iter"], random_state=0).fit(x, y)
+        clf = LogisticRegression(C=c, solver="lbfgs", max_iter=self.hparams["max_iter"])
+        return clf.fit(x, y)
 
-    def _proba(self, clf: LogisticRegression, x: np.ndarray, k: int) -> torch.Tensor:
-        p = np.zeros((len(x), k))
+    def _proba(self, clf: LogisticRegression, x: np.ndarray) -> torch.Tensor:
+        p = np.zeros((len(x), self.k))
         p[:, clf.classes_] = clf.predict_proba(x)
         return torch.from_numpy(p).float()
 
+    @single_threaded
     def fit(self, data: FewShotData) -> LinearProbe:
-        x, y = data.support.numpy(), data.support_labels.numpy()
-        xv, yv = data.val.numpy(), data.val_labels
-        k = data.num_classes
-        c, s = select(self.hparams["c_grid"], lambda c: val_score(self._proba(self._fit(c, x, y), xv, k), yv))
-        self.clf, self.k = self._fit(c, x, y), k
+        need_shots(data, self.name)
+        x, y = data.support.double().numpy(), data.support_labels.numpy()
+        xv, yv = data.val.double().numpy(), data.val_labels
+        self.k = data.num_classes
+        fits = {c: self._fit(c, x, y) for c in self.hparams["c_grid"]}
+        c, s = select(fits, lambda c: val_score(self._proba(fits[c], xv), yv))
+        self.clf = fits[c]
         self.selected = {"C": c, "val_accuracy": s[0]}
         return self
 
+    @single_threaded
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
-        return self._proba(self.clf, features.numpy(), self.k)
+        return self._proba(self.clf, features.double().numpy())

@@ -1,68 +1,87 @@
-"""Metric baselines: nearest class prototype (Snell et al., NeurIPS 2017, cosine) and k-nearest neighbours."""
+"""Metric baselines on frozen features: nearest class prototype and k-nearest neighbours.
+
+``prototype``: cosine similarity to the renormalised class means (Prototypical Networks, Snell et al.,
+NeurIPS 2017, with cosine distance as in SimpleShot, Wang et al., 2019); probabilities are
+``softmax(cos / T)``. The temperature T does not change the predicted class, so it is chosen on the
+validation shots by log-loss alone from ``TEMPERATURES`` (ties → the larger T, i.e. the softer model).
+
+``knn``: scikit-learn ``KNeighborsClassifier`` with cosine distance and distance-weighted votes
+(weight 1 / (1 − cos)); the probability of a class is its share of the weighted votes of the k nearest
+support shots. k is chosen on validation from the odd values ``KS`` that do not exceed the smallest
+number of support shots of a class (so K = 1 gives k = 1): accuracy, balanced accuracy, log-loss, then the
+smaller k.
+"""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.neighbors import KNeighborsClassifier
 
-from hica.methods._select import select, val_score
+from hica.methods._select import need_shots, select, single_threaded, val_score
 from hica.methods.base import FewShotData, Method, register_method
 
-TEMPERATURES = (0.01, 0.02, 0.05, 0.1, 0.2)
+TEMPERATURES = (0.2, 0.1, 0.05, 0.02, 0.01)  # softest first: ties go to the softer model
+KS = (1, 3, 5, 7, 9, 11, 13, 15)
 
 
 @register_method("prototype")
 class Prototype(Method):
-    """Cosine to the normalised class means; softmax temperature chosen on validation (log-loss tie-break)."""
+    """Nearest class mean under cosine similarity; hparam: ``temperatures``."""
 
     def __init__(self, temperatures: tuple[float, ...] = TEMPERATURES) -> None:
-        super().__init__(temperatures=list(temperatures))
+        super().__init__(temperatures=sorted((float(t) for t in temperatures), reverse=True))
 
+    @single_threaded
     def fit(self, data: FewShotData) -> Prototype:
-        protos = torch.stack(
-            [data.support[data.support_labels == c].mean(0) for c in range(data.num_classes)]
+        need_shots(data, self.name)
+        means = torch.stack([data.support[data.support_labels == c].mean(0) for c in range(data.num_classes)])
+        self.protos = F.normalize(means, dim=-1)
+        self.t, s = select(
+            self.hparams["temperatures"],
+            lambda t: val_score(self._proba(data.val, t), data.val_labels),
         )
-        self.protos = F.normalize(protos, dim=-1)
-        # Accuracy does not depend on the temperature; validation log-loss chooses it.
-        t, _ = select(
-            self.hparams["temperatures"], lambda t: val_score(self._proba(data.val, t), data.val_labels)
-        )
-        self.t = t
-        self.selected = {"temperature": t}
+        self.selected = {"temperature": self.t, "val_accuracy": s[0]}
         return self
 
     def _proba(self, x: torch.Tensor, t: float) -> torch.Tensor:
         return (x @ self.protos.T / t).softmax(-1)
 
+    @single_threaded
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
         return self._proba(features, self.t)
 
 
 @register_method("knn")
 class KNN(Method):
-    """Cosine k-NN with similarity-weighted votes (softmax of similarities / 0.05 over the k neighbours).
+    """Cosine k-NN with distance-weighted votes; hparam: ``ks`` (candidate k, odd)."""
 
-    k is chosen on validation from {1, 3, 5, 7, 9, 15} ∩ [1, support size]; ties → smaller k.
-    """
+    def __init__(self, ks: tuple[int, ...] = KS) -> None:
+        super().__init__(ks=sorted(int(k) for k in ks))
 
-    def __init__(self, ks: tuple[int, ...] = (1, 3, 5, 7, 9, 15), temperature: float = 0.05) -> None:
-        super().__init__(ks=list(ks), temperature=temperature)
+    def _fit(self, k: int, x: np.ndarray, y: np.ndarray) -> KNeighborsClassifier:
+        knn = KNeighborsClassifier(n_neighbors=k, weights="distance", metric="cosine", algorithm="brute")
+        return knn.fit(x, y)
 
+    def _proba(self, knn: KNeighborsClassifier, x: torch.Tensor) -> torch.Tensor:
+        p = np.zeros((len(x), self.c))
+        p[:, knn.classes_] = knn.predict_proba(x.double().numpy())
+        return torch.from_numpy(p).float()
+
+    @single_threaded
     def fit(self, data: FewShotData) -> KNN:
-        self.x, self.y, self.c = data.support, data.support_labels, data.num_classes
-        ks = [k for k in self.hparams["ks"] if k <= len(self.x)] or [1]
-        self.k, s = select(ks, lambda k: val_score(self._proba(data.val, k), data.val_labels))
-        self.selected = {"k": self.k, "val_accuracy": s[0]}
+        need_shots(data, self.name)
+        self.c = data.num_classes
+        per_class = int(torch.bincount(data.support_labels, minlength=self.c).min())
+        ks = [k for k in self.hparams["ks"] if 1 <= k <= per_class] or [1]
+        x, y = data.support.double().numpy(), data.support_labels.numpy()
+        fits = {k: self._fit(k, x, y) for k in ks}
+        k, s = select(ks, lambda k: val_score(self._proba(fits[k], data.val), data.val_labels))
+        self.knn = fits[k]
+        self.selected = {"k": k, "val_accuracy": s[0]}
         return self
 
-    def _proba(self, q: torch.Tensor, k: int) -> torch.Tensor:
-        sim = q @ self.x.T
-        top, idx = sim.topk(k, dim=1)
-        w = (top / self.hparams["temperature"]).softmax(-1)
-        p = torch.zeros(len(q), self.c)
-        p.scatter_add_(1, self.y[idx], w)
-        # a little mass on every class keeps log-loss finite and AUC defined
-        return (p + 1e-4) / (1 + 1e-4 * self.c)
-
+    @single_threaded
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
-        return self._proba(features, self.k)
+        return self._proba(self.knn, features)

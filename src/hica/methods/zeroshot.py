@@ -1,11 +1,15 @@
-"""Zero-shot classification from class text (CLIP, Radford et al., ICML 2021): prompt/descriptor ensemble."""
+"""Zero-shot classification from class text (CLIP, Radford et al., ICML 2021).
+
+``p(c | f) = softmax_c(s · f·t_cᵀ)`` with normalised image feature f, the class's ensembled text embedding
+t_c (mean over its prompts / descriptors, renormalised) and the encoder's logit scale s (CLIP: 100).
+"""
 
 from __future__ import annotations
 
 import torch
 
-from hica.errors import HicaError
-from hica.methods.base import FewShotData, Method, register_method
+from hica.methods._select import need_text, single_threaded
+from hica.methods.base import ClassText, FewShotData, Method, register_method
 
 
 def text_logits(features: torch.Tensor, class_emb: torch.Tensor, scale: float) -> torch.Tensor:
@@ -15,16 +19,16 @@ def text_logits(features: torch.Tensor, class_emb: torch.Tensor, scale: float) -
 
 @register_method("zeroshot")
 class ZeroShot(Method):
-    """Cosine similarity to each class's ensembled text embedding, softmax at the encoder's logit scale."""
+    """Cosine similarity to each class's text embedding, softmax at the encoder's logit scale."""
 
     uses_text = True
     zero_shot = True
 
+    @single_threaded
     def fit(self, data: FewShotData) -> ZeroShot:
-        if data.text is None:
-            raise HicaError("zeroshot needs class text: give the dataset a descriptors YAML")
-        self.text = data.text
+        self.text: ClassText = need_text(data, self.name)
         return self
 
+    @single_threaded
     def predict_proba(self, features: torch.Tensor) -> torch.Tensor:
         return text_logits(features, self.text.class_emb, self.text.logit_scale).softmax(-1)
