@@ -68,7 +68,7 @@ def _run(raw: dict[str, Any], out: Path | None, resume: bool, source: str) -> No
     result = Benchmark(cfg, out).run(resume=resume)
     from hica.report.tables import markdown_tables
 
-    console.print(markdown_tables(result["summary"], method_order=result["methods"]))
+    typer.echo(markdown_tables(result["summary"], method_order=result["methods"]))
     console.print(f"[green]wrote[/green] {out}/ (results.md, metrics.json, predictions.csv, episodes/)")
 
 
@@ -195,7 +195,7 @@ def benchmark(
 
     out = out or Path("runs") / cfg.name
     result = Benchmark(cfg, out).run(resume=resume)
-    console.print(markdown_tables(result["summary"], method_order=result["methods"]))
+    typer.echo(markdown_tables(result["summary"], method_order=result["methods"]))
     console.print(f"[green]wrote[/green] {out}/")
 
 

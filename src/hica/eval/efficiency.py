@@ -70,6 +70,16 @@ def encoder_throughput(
     }
 
 
+def method_seconds(metrics_json: Path) -> dict[str, float]:
+    """Seconds spent per method (fit + predict, summed over runs) in a benchmark's metrics.json."""
+    import json
+
+    out: dict[str, float] = {}
+    for run in json.loads(Path(metrics_json).read_text())["runs"]:
+        out[run["method"]] = round(out.get(run["method"], 0.0) + run["total_seconds"], 1)
+    return out
+
+
 def table_walltime(config: Path, out: Path, extra: list[str] | None = None) -> dict[str, Any]:
     """Run ``hica benchmark`` twice in subprocesses: cold (empty feature cache, new run dir) and warm
     (same cache, new run dir). Returns wall seconds and the peak RSS of each child."""
