@@ -57,6 +57,15 @@ def mean_pool(last_hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.
     return (last_hidden * m).sum(1) / m.sum(1).clamp_min(1e-9)
 
 
+def encode_sentences(tokenizer: Any, model: nn.Module, texts: list[str], max_length: int) -> torch.Tensor:
+    """Tokenise ``texts`` and mean-pool an HF encoder's last hidden states (sentence-transformers style)."""
+    device = next(model.parameters()).device
+    tok = tokenizer(texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt").to(
+        device
+    )
+    return mean_pool(model(**tok).last_hidden_state, tok["attention_mask"])
+
+
 def file_fingerprint(path: str | Path) -> dict[str, Any]:
     """Identify a weights file by name, size and the hash of its first and last MiB."""
     p = Path(path)

@@ -22,9 +22,9 @@ from torch import nn
 from hica.encoders._common import (
     IMAGENET_MEAN,
     IMAGENET_STD,
+    encode_sentences,
     file_fingerprint,
     image_transform,
-    mean_pool,
     seeded_projection,
 )
 from hica.encoders.base import DualEncoder, ImageFeatures
@@ -192,11 +192,8 @@ class DefaultEncoder(DualEncoder):
         return ImageFeatures(global_=local.mean(1), local=local, grid=(h, w))
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        tok = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
-        ).to(self.device)
-        out = self.text_model(**tok)
-        return self.text_proj(mean_pool(out.last_hidden_state, tok["attention_mask"]))
+        pooled = encode_sentences(self.tokenizer, self.text_model, list(texts), self.max_text_length)
+        return self.text_proj(pooled)
 
 
 @register("default")

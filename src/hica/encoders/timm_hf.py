@@ -25,7 +25,7 @@ import timm
 import torch
 from torch import nn
 
-from hica.encoders._common import RGBConvert, file_fingerprint, mean_pool, seeded_projection
+from hica.encoders._common import RGBConvert, encode_sentences, file_fingerprint, seeded_projection
 from hica.encoders._hub import (
     HF_HUB_PREFIX,
     check_kwargs,
@@ -246,11 +246,8 @@ class TimmHFEncoder(DualEncoder):
         return ImageFeatures(global_=pooled, local=self.image_proj(tokens), grid=grid)
 
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
-        tok = self.tokenizer(
-            list(texts), padding=True, truncation=True, max_length=self.max_text_length, return_tensors="pt"
-        ).to(self.device)
-        out = self.text_model(**tok)
-        return self.text_proj(mean_pool(out.last_hidden_state, tok["attention_mask"]))
+        pooled = encode_sentences(self.tokenizer, self.text_model, list(texts), self.max_text_length)
+        return self.text_proj(pooled)
 
 
 @register("timm_hf")
