@@ -59,17 +59,21 @@ def _ints(text: str, what: str) -> list[int]:
         raise HicaError(f"{what} must be comma-separated integers, got {text!r}") from e
 
 
-def _run(raw: dict[str, Any], out: Path | None, resume: bool, source: str) -> None:
-    from hica.config import validate_config
+def _run(cfg: Any, out: Path | None, resume: bool) -> None:
+    """Run a validated BenchmarkConfig and print its tables."""
     from hica.eval.protocol import Benchmark
-
-    cfg = validate_config(raw, source)
-    out = out or Path("runs") / cfg.name
-    result = Benchmark(cfg, out).run(resume=resume)
     from hica.report.tables import markdown_tables
 
+    out = out or Path("runs") / cfg.name
+    result = Benchmark(cfg, out).run(resume=resume)
     typer.echo(markdown_tables(result["summary"], method_order=result["methods"]))
     console.print(f"[green]wrote[/green] {out}/ (results.md, metrics.json, predictions.csv, episodes/)")
+
+
+def _run_raw(raw: dict[str, Any], out: Path | None) -> None:
+    from hica.config import validate_config
+
+    _run(validate_config(raw, "command line"), out, resume=True)
 
 
 @app.command()
@@ -132,7 +136,7 @@ def zeroshot(
         precision=precision,
         cache_dir=cache_dir,
     )
-    _run(raw, out, True, "command line")
+    _run_raw(raw, out)
 
 
 @app.command()
@@ -169,7 +173,7 @@ def fewshot(
         cache_dir=cache_dir,
         skip_bad=skip_bad,
     )
-    _run(raw, out, True, "command line")
+    _run_raw(raw, out)
 
 
 @app.command()
@@ -190,13 +194,7 @@ def benchmark(
     cfg = load_config(
         config, {"data_root": data_root, "device": device, "precision": precision, "cache_dir": cache_dir}
     )
-    from hica.eval.protocol import Benchmark
-    from hica.report.tables import markdown_tables
-
-    out = out or Path("runs") / cfg.name
-    result = Benchmark(cfg, out).run(resume=resume)
-    typer.echo(markdown_tables(result["summary"], method_order=result["methods"]))
-    console.print(f"[green]wrote[/green] {out}/")
+    _run(cfg, out, resume)
 
 
 bench_app = typer.Typer(

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hica.cache import FeatureCache, Features  # noqa: F401
+from hica.cache import FeatureCache, Features
 from hica.config import BenchmarkConfig, dump_config
 from hica.data.catalog import load_dataset
 from hica.data.episodes import Episode, sample_episode
