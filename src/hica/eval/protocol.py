@@ -92,7 +92,9 @@ class Benchmark:
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.registry = method_registry()
-        self.cfg_hash = hashlib.sha256(dump_config(cfg).encode()).hexdigest()[:12]
+        # Where data and features are read from does not change a result: resuming ignores it.
+        scope = cfg.model_dump(mode="json", exclude={"cache_dir", "data_root"})
+        self.cfg_hash = hashlib.sha256(json.dumps(scope, sort_keys=True).encode()).hexdigest()[:12]
         self.cache = FeatureCache(cfg.cache_dir, batch_size=cfg.batch_size, precision=self.precision)
         self.timings: dict[str, float] = {}
 
