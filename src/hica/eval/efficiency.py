@@ -106,6 +106,7 @@ def table_walltime(config: Path, out: Path, extra: list[str] | None = None) -> d
             subprocess.run(cmd, check=True, env={**os.environ, "TQDM_DISABLE": "1"})
             res[phase] = {
                 "wall_seconds": round(time.perf_counter() - t, 1),
+                "method_seconds": method_seconds(run_dir / "metrics.json"),
                 "peak_rss_mb_children_so_far": round(
                     resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1
                 ),
