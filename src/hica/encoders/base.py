@@ -44,10 +44,12 @@ class DualEncoder(nn.Module, ABC):
     def encode_text(self, texts: Sequence[str]) -> torch.Tensor:
         """Encode a list of strings to (T, D) embeddings (not normalised)."""
 
+    _preprocess: Callable[[Any], torch.Tensor]  # set by each backend's __init__
+
     @property
-    @abstractmethod
     def preprocess(self) -> Callable[[Any], torch.Tensor]:
         """PIL image -> (3, H, W) float tensor, the transform this encoder was trained with."""
+        return self._preprocess
 
     @property
     def preprocess_config(self) -> dict[str, Any]:

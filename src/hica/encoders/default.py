@@ -166,10 +166,6 @@ class DefaultEncoder(DualEncoder):
         return float(self.logit_scale_param.exp())
 
     @property
-    def preprocess(self):
-        return self._preprocess
-
-    @property
     def preprocess_config(self) -> dict[str, Any]:
         return {
             "size": self.image_size,

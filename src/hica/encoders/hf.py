@@ -149,10 +149,6 @@ class HFEncoder(DualEncoder):
         return None if bias is None else float(bias.detach())
 
     @property
-    def preprocess(self):
-        return self._preprocess
-
-    @property
     def preprocess_config(self) -> dict[str, Any]:
         return dict(self._pp_desc)
 

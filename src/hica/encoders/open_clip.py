@@ -280,10 +280,6 @@ class OpenClipEncoder(DualEncoder):
         return None if bias is None else float(bias.detach())
 
     @property
-    def preprocess(self):
-        return self._preprocess
-
-    @property
     def preprocess_config(self) -> dict[str, Any]:
         return json.loads(json.dumps(asdict(self._pp_cfg)))
 

@@ -229,10 +229,6 @@ class TimmHFEncoder(DualEncoder):
         return float(self.logit_scale_param.detach().exp())
 
     @property
-    def preprocess(self):
-        return self._preprocess
-
-    @property
     def preprocess_config(self) -> dict[str, Any]:
         return dict(self._pp_desc)
 
