@@ -1,6 +1,6 @@
 """GPU smoke check of the training engine (run on a CUDA machine): bf16-mixed training, checkpoint, resume.
 
-Usage: python scripts/gpu_smoke.py OUT_DIR   (writes OUT_DIR/gpu_smoke.json)
+Usage: python scripts/gpu_smoke.py OUT_DIR [DROPOUT]   (writes OUT_DIR/gpu_smoke_p<DROPOUT>.json)
 """
 
 from __future__ import annotations
@@ -26,9 +26,12 @@ def data() -> TensorDataset:
     return TensorDataset(x, (x @ torch.randn(64, 5, generator=g)).argmax(1))
 
 
+DROPOUT = float(sys.argv[2]) if len(sys.argv) > 2 else 0.1
+
+
 def model() -> nn.Module:
     torch.manual_seed(1)
-    return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Dropout(0.1), nn.Linear(256, 5))
+    return nn.Sequential(nn.Linear(64, 256), nn.GELU(), nn.Dropout(DROPOUT), nn.Linear(256, 5))
 
 
 def loss_fn(m: nn.Module, batch):
@@ -43,7 +46,7 @@ def cfg(steps: int) -> TrainConfig:
 
 
 def main(out: Path) -> None:
-    res: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__}
+    res: dict = {"gpu": torch.cuda.get_device_name(0), "torch": torch.__version__, "dropout": DROPOUT}
     with tempfile.TemporaryDirectory() as a, tempfile.TemporaryDirectory() as b:
         t = time.perf_counter()
         m_full = model()
@@ -61,7 +64,7 @@ def main(out: Path) -> None:
         )
         res["resume_loss_diff_last"] = abs(full["losses"][-1] - resumed["losses"][-1])
     out.mkdir(parents=True, exist_ok=True)
-    (out / "gpu_smoke.json").write_text(json.dumps(res, indent=2))
+    (out / f"gpu_smoke_p{DROPOUT}.json").write_text(json.dumps(res, indent=2))
     print(json.dumps(res, indent=2))
 
 
