@@ -1,4 +1,4 @@
-"""GPU smoke check of the training engine (run on a CUDA machine): bf16-mixed training, checkpoint, resume.
+"""GPU smoke check of the training engine (run on a CUDA machine): bf16-mixed training, checkpoint, crash after step 25, resume to step 40.
 
 Usage: python scripts/gpu_smoke.py OUT_DIR [DROPOUT]   (writes OUT_DIR/gpu_smoke_p<DROPOUT>.json)
 """
@@ -54,7 +54,18 @@ def main(out: Path) -> None:
         res["seconds_40_steps"] = round(time.perf_counter() - t, 2)
         res["loss_first5"] = sum(full["losses"][:5]) / 5
         res["loss_last5"] = sum(full["losses"][-5:]) / 5
-        train(model(), loss_fn, data(), cfg(20), Path(b))  # stops at a checkpoint (step 20)
+        calls = {"n": 0}
+
+        def dying_loss(m: nn.Module, batch):  # simulated crash after the step-20 checkpoint
+            calls["n"] += 1
+            if calls["n"] > 25:
+                raise KeyboardInterrupt
+            return loss_fn(m, batch)
+
+        try:
+            train(model(), dying_loss, data(), cfg(40), Path(b))
+        except KeyboardInterrupt:
+            pass
         m_res = model()
         resumed = train(m_res, loss_fn, data(), cfg(40), Path(b))
         res["resumed_from"] = str(resumed.get("resumed_from"))
