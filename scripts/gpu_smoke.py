@@ -1,10 +1,12 @@
-"""GPU smoke check of the training engine (run on a CUDA machine): bf16-mixed training, checkpoint, crash after step 25, resume to step 40.
+"""GPU smoke check of the training engine (run on a CUDA machine): bf16-mixed training, checkpoints,
+a crash after step 25, resume to step 40, compared with an uninterrupted run.
 
 Usage: python scripts/gpu_smoke.py OUT_DIR [DROPOUT]   (writes OUT_DIR/gpu_smoke_p<DROPOUT>.json)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import tempfile
@@ -62,10 +64,8 @@ def main(out: Path) -> None:
                 raise KeyboardInterrupt
             return loss_fn(m, batch)
 
-        try:
+        with contextlib.suppress(KeyboardInterrupt):
             train(model(), dying_loss, data(), cfg(40), Path(b))
-        except KeyboardInterrupt:
-            pass
         m_res = model()
         resumed = train(m_res, loss_fn, data(), cfg(40), Path(b))
         res["resumed_from"] = str(resumed.get("resumed_from"))
