@@ -25,6 +25,21 @@ def seeded_projection(in_dim: int, out_dim: int, seed: int) -> nn.Linear:
     return head
 
 
+class CLIPTemperature:
+    """``logit_scale`` / ``logit_bias`` read from a wrapped CLIP-style ``self.model`` (open_clip, HF)."""
+
+    model: nn.Module
+
+    @property
+    def logit_scale(self) -> float:
+        return float(self.model.logit_scale.detach().exp())
+
+    @property
+    def logit_bias(self) -> float | None:
+        bias = getattr(self.model, "logit_bias", None)
+        return None if bias is None else float(bias.detach())
+
+
 class RGBConvert:
     """PIL image (any mode) -> RGB PIL image."""
 

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 from torchvision.transforms import v2 as T
 
-from hica.encoders._common import RGBConvert
+from hica.encoders._common import CLIPTemperature, RGBConvert
 from hica.encoders._hub import check_kwargs, resolve_hf_dir
 from hica.encoders._tokens import mha_value_path
 from hica.encoders.base import DualEncoder, ImageFeatures
@@ -96,7 +96,7 @@ def processor_transform(proc: dict[str, Any]) -> tuple[T.Compose, dict[str, Any]
     return T.Compose(steps), desc
 
 
-class HFEncoder(DualEncoder):
+class HFEncoder(CLIPTemperature, DualEncoder):
     """A transformers CLIP or SigLIP model with its tokenizer and image-processor settings."""
 
     name = "hf"
@@ -138,15 +138,6 @@ class HFEncoder(DualEncoder):
             self.embed_dim = int(getattr(text_cfg, "projection_size", None) or text_cfg.hidden_size)
         self.patch_size = int(hf_cfg.vision_config.patch_size)
         self.config = {**identity, "model_type": self.model_type, "max_text_length": self.max_text_length}
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp())
-
-    @property
-    def logit_bias(self) -> float | None:
-        bias = getattr(self.model, "logit_bias", None)
-        return None if bias is None else float(bias.detach())
 
     @property
     def preprocess_config(self) -> dict[str, Any]:

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.transforms import Compose
 
-from hica.encoders._common import RGBConvert, file_fingerprint
+from hica.encoders._common import CLIPTemperature, RGBConvert, file_fingerprint
 from hica.encoders._hub import (
     HF_HUB_PREFIX,
     check_kwargs,
@@ -152,7 +152,7 @@ def _build_tokenizer(model_cfg: dict[str, Any], model_dir: Path | None, model: s
     return SimpleTokenizer(context_length=ctx, **kwargs)
 
 
-class OpenClipEncoder(DualEncoder):
+class OpenClipEncoder(CLIPTemperature, DualEncoder):
     """An OpenCLIP model; ``logit_scale`` (and ``logit_bias`` for SigLIP) come from the checkpoint."""
 
     name = "open_clip"
@@ -269,15 +269,6 @@ class OpenClipEncoder(DualEncoder):
             usage="model=/path/to/{dir} (without pretrained; the repository has open_clip_config.json)",
         )
         return name, model_cfg, str(checkpoint), tag_cfg
-
-    @property
-    def logit_scale(self) -> float:
-        return float(self.model.logit_scale.detach().exp())
-
-    @property
-    def logit_bias(self) -> float | None:
-        bias = getattr(self.model, "logit_bias", None)
-        return None if bias is None else float(bias.detach())
 
     @property
     def preprocess_config(self) -> dict[str, Any]:
