@@ -197,6 +197,113 @@ def benchmark(
     _run(cfg, out, resume)
 
 
+@app.command()
+def pretrain(
+    config: Annotated[Path, typer.Option("--config", help="Stage-1 YAML (see configs/stage1_*.yaml).")],
+    out: Out = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint.")] = True,
+    data_root: DataRoot = None,
+    device: Annotated[str | None, typer.Option("--device", help="Override the config's device.")] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="Override the config's precision.")
+    ] = None,
+    max_images: Annotated[
+        int | None, typer.Option("--max-images", help="Use only the first N images (smoke runs).")
+    ] = None,
+) -> None:
+    """HiCA stage 1: adapt the encoder to the domain (unlabeled images + text corpus); writes OUT/encoder."""
+    from hica.alignment.stage1 import run_stage1
+    from hica.config import Stage1Config, load_model_config
+
+    cfg = load_model_config(
+        Stage1Config,
+        config,
+        {"data_root": data_root, "device": device, "precision": precision, "max_images": max_images},
+    )
+    out = out or Path("runs") / cfg.name
+    summary = run_stage1(cfg, out, resume=resume)
+    console.print_json(data={k: v for k, v in summary.items() if k != "machine"})
+    console.print(
+        f"[green]wrote[/green] {out}/encoder — load it as encoder "
+        f"{{name: checkpoint, args: {{path: {out}/encoder}}}}"
+    )
+
+
+@app.command()
+def finetune(
+    config: Annotated[Path, typer.Option("--config", help="Stage-2 YAML (see configs/stage2_*.yaml).")],
+    out: Out = None,
+    k: Annotated[int | None, typer.Option("--k", help="Override the config's K (shots per class).")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Override the config's episode seed.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint.")] = True,
+    data_root: DataRoot = None,
+    device: Annotated[str | None, typer.Option("--device", help="Override the config's device.")] = None,
+    precision: Annotated[
+        str | None, typer.Option("--precision", help="Override the config's precision.")
+    ] = None,
+) -> None:
+    """HiCA stage 2 on one K-shot episode; writes OUT/model (use it with `hica predict`)."""
+    from hica.alignment.stage2 import run_stage2
+    from hica.config import Stage2Config, load_model_config
+
+    cfg = load_model_config(
+        Stage2Config,
+        config,
+        {"data_root": data_root, "device": device, "precision": precision, "k": k, "seed": seed},
+    )
+    out = out or Path("runs") / f"{cfg.name}-K{cfg.k}-s{cfg.seed}"
+    summary = run_stage2(cfg, out, resume=resume)
+    console.print_json(data={k_: v for k_, v in summary.items() if k_ != "machine"})
+    console.print(
+        f"[green]wrote[/green] {out}/model — classify with  hica predict IMAGES --checkpoint {out}/model"
+    )
+
+
+@app.command()
+def predict(
+    inputs: Annotated[list[str], typer.Argument(help="Image files and/or folders (searched recursively).")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model folder from `hica finetune`.")],
+    out: Annotated[Path, typer.Option("--out", help="CSV to write.")] = Path("predictions.csv"),
+    zero_shot: Annotated[
+        bool, typer.Option("--zero-shot", help="Text only: class prototypes from --descriptors.")
+    ] = False,
+    descriptors: Annotated[
+        str | None,
+        typer.Option("--descriptors", help="Descriptor file (name or path); required with --zero-shot."),
+    ] = None,
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Skip unreadable images with a warning.")
+    ] = False,
+    device: Device = "auto",
+    precision: Precision = "auto",
+) -> None:
+    """Classify images with a HiCA checkpoint; writes a CSV of class probabilities."""
+    from hica.predict import Predictor, collect_images, write_predictions
+    from hica.runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
+    if zero_shot:
+        if not descriptors:
+            raise HicaError("--zero-shot needs --descriptors NAME|PATH (the classes to tell apart)")
+        pred.use_descriptors(descriptors)
+    elif descriptors:
+        from hica.data.descriptors import load_descriptors
+
+        want = load_descriptors(descriptors).classes
+        if sorted(want) != sorted(pred.classes):
+            raise HicaError(
+                f"checkpoint {checkpoint} was trained for classes {pred.classes}, but --descriptors "
+                f"{descriptors} has {want}; use --zero-shot to classify other classes from text"
+            )
+    paths = collect_images(inputs)
+    kept, probs, skipped = pred.predict(paths, skip_bad=skip_bad)
+    write_predictions(out, kept, probs, pred.classes)
+    if skipped:
+        err_console.print(f"[yellow]skipped {len(skipped)} unreadable image(s)[/yellow], e.g. {skipped[0]}")
+    console.print(f"[green]wrote[/green] {out} ({len(kept)} images, classes {pred.classes})")
+
+
 bench_app = typer.Typer(
     help="Efficiency benchmarks (not tests): throughput, wall time, peak memory.", no_args_is_help=True
 )

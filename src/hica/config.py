@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -40,6 +40,9 @@ class BenchmarkConfig(_Strict):
     cache_dir: str | None = None
     skip_bad: bool = False
     batch_size: int = 64
+    # "val" scores the validation split instead of test (minus each episode's validation shots): for
+    # choosing hyperparameters without touching test. Reported results use "test".
+    eval_split: Literal["test", "val"] = "test"
 
     @field_validator("shots")
     @classmethod
@@ -79,8 +82,88 @@ class BenchmarkConfig(_Strict):
         return self
 
 
-def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchmarkConfig:
-    """Read and validate a benchmark YAML; errors name the file and the key."""
+class Stage1Image(_Strict):
+    """Stage-1 image adaptation (DeepCluster-v2 on unlabeled images)."""
+
+    enabled: bool = True
+    resolution: int = Field(160, ge=32, le=1024)
+    epochs: int = Field(6, ge=1)
+    clusters: int = Field(32, ge=2)
+    pca_dim: int = Field(64, ge=2)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    temperature: float = Field(0.1, gt=0)
+    min_scale: float = Field(0.5, gt=0, le=1)
+    freeze_stages: int = Field(3, ge=0)
+    bn_recalibration_images: int = Field(1024, ge=0)
+
+
+class Stage1Text(_Strict):
+    """Stage-1 text adaptation (SimCSE + descriptor hierarchy on a domain corpus)."""
+
+    enabled: bool = True
+    descriptors: list[str] | None = None  # None: every bundled descriptor file
+    corpus_files: list[str] = Field(default_factory=list)  # extra one-sentence-per-line files
+    epochs: int = Field(8, ge=1)
+    batch_size: int = Field(64, ge=2)
+    lr: float = Field(3e-4, gt=0)
+    temperature: float = Field(0.05, gt=0)
+    train_layers: int = Field(2, ge=1)
+
+
+class Stage1Config(_Strict):
+    """``hica pretrain``: domain-specific pretraining of the encoder on one dataset's unlabeled images."""
+
+    name: str = "stage1"
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    dataset: str | dict[str, Any]
+    splits: list[str] = Field(default_factory=lambda: ["train"])
+    modality: Literal["xray", "ultrasound", "generic"] = "generic"
+    max_images: int | None = Field(None, ge=1)
+    image: Stage1Image = Field(default_factory=Stage1Image)
+    text: Stage1Text = Field(default_factory=Stage1Text)
+    seed: int = Field(0, ge=0)
+    device: str = "auto"
+    precision: str = "auto"
+    data_root: str | None = None
+    skip_bad: bool = False
+
+    @field_validator("splits")
+    @classmethod
+    def _no_test(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("splits must name at least one split of unlabeled images")
+        if "test" in v:
+            raise ValueError("stage 1 must not see the test split; use train (and val)")
+        return v
+
+
+class Stage2Config(_Strict):
+    """``hica finetune``: HiCA stage 2 on one K-shot episode of a dataset (the benchmark runs many)."""
+
+    name: str = "stage2"
+    encoder: EncoderConfig = Field(default_factory=EncoderConfig)
+    dataset: str | dict[str, Any]
+    k: int = Field(16, ge=1)
+    seed: int = Field(1, ge=0)
+    method: str = "hica"
+    method_args: dict[str, Any] = Field(default_factory=dict)
+    evaluate_test: bool = True
+    device: str = "auto"
+    precision: str = "auto"
+    data_root: str | None = None
+    skip_bad: bool = False
+
+    @field_validator("method")
+    @classmethod
+    def _hica(cls, v: str) -> str:
+        if not v.startswith("hica"):
+            raise ValueError(f"method must be hica or one of its ablations (hica_*), got {v!r}")
+        return v
+
+
+def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise HicaError(f"config file {path} not found")
@@ -90,6 +173,26 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Be
         raise HicaError(f"{path}: not valid YAML: {e}") from e
     if not isinstance(raw, dict):
         raise HicaError(f"{path}: expected a mapping at the top level")
+    return raw
+
+
+def load_model_config(model: type[BaseModel], path: str | Path, overrides: dict[str, Any] | None = None):
+    """Read a YAML into ``model`` (e.g. ``Stage1Config``); errors name the file and the key."""
+    raw = _read_yaml(path)
+    raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise HicaError(f"{path}: invalid config: {_format(e)}") from e
+
+
+def _format(e: ValidationError) -> str:
+    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors())
+
+
+def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchmarkConfig:
+    """Read and validate a benchmark YAML; errors name the file and the key."""
+    raw = _read_yaml(path)
     raw.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return validate_config(raw, str(path))
 
@@ -99,10 +202,7 @@ def validate_config(raw: dict[str, Any], source: str = "config") -> BenchmarkCon
     try:
         return BenchmarkConfig.model_validate(raw)
     except ValidationError as e:
-        msgs = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors()
-        )
-        raise HicaError(f"{source}: invalid config: {msgs}") from e
+        raise HicaError(f"{source}: invalid config: {_format(e)}") from e
 
 
 def dump_config(cfg: BaseModel) -> str:

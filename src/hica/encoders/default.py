@@ -163,7 +163,7 @@ class DefaultEncoder(DualEncoder):
 
     @property
     def logit_scale(self) -> float:
-        return float(self.logit_scale_param.exp())
+        return float(self.logit_scale_param.detach().exp())
 
     @property
     def preprocess_config(self) -> dict[str, Any]:

@@ -71,7 +71,46 @@ class DatasetState:
     text: ClassText | None
     test: Features
     test_images: torch.Tensor | None = None
+    descriptors: Any = None
     by_id: dict[str, Sample] = field(default_factory=dict)
+
+
+def images_of(enc: DualEncoder, samples: list[Sample]) -> torch.Tensor:
+    """Samples → (N, 3, H, W) preprocessed with the encoder's own transform."""
+    return torch.stack([enc.preprocess(load_image(s)) for s in samples])
+
+
+def image_episode(
+    enc: DualEncoder,
+    ds: Dataset,
+    ep: Episode,
+    by_id: dict[str, Sample],
+    seed: int,
+    method_cls: type,
+    descriptors: Any = None,
+) -> ImageFewShotData:
+    """An episode as images for an image-level method; text and lesion masks when the method uses them.
+
+    Masks are read for the support images only (the few-shot annotation budget) and follow the image's
+    square resize to the encoder's input size."""
+    sup = [by_id[i] for i in ep.support]
+    val = [by_id[i] for i in ep.val]
+    data = ImageFewShotData(
+        support=images_of(enc, sup),
+        support_labels=torch.tensor([s.label for s in sup]),
+        val=images_of(enc, val),
+        val_labels=torch.tensor([s.label for s in val]),
+        num_classes=len(ds.classes),
+        seed=seed,
+        classes=list(ds.classes),
+        descriptors=descriptors if getattr(method_cls, "uses_text", False) else None,
+    )
+    if getattr(method_cls, "uses_masks", False) and any(s.masks for s in sup):
+        from hica.alignment.imagedata import input_spec, load_store
+
+        store = load_store(sup, input_spec(enc).size, with_masks=True)
+        data.support_masks, data.support_has_mask = store.masks, store.has_mask
+    return data
 
 
 def _part_name(dataset: str, method: str, k: int, seed: int) -> str:
@@ -106,6 +145,12 @@ class Benchmark:
     def _class_text(self, enc: DualEncoder, ds: Dataset) -> ClassText | None:
         if not any(self.registry[m].uses_text for m in self.cfg.methods):
             return None
+        from hica.textbank import build_class_text
+
+        with torch.no_grad():
+            return build_class_text(enc, self._descriptors(ds), ds.classes, mode=self.cfg.text_mode)
+
+    def _descriptors(self, ds: Dataset) -> Any:
         if not ds.descriptors:
             raise HicaError(
                 f"dataset {ds.name} has no class descriptors but methods "
@@ -113,15 +158,10 @@ class Benchmark:
                 "a 'descriptors' YAML (see docs/descriptors.md) or drop the text-using methods"
             )
         from hica.data.descriptors import load_descriptors
-        from hica.textbank import build_class_text
 
         desc = load_descriptors(ds.descriptors)
         desc.check_classes(ds.classes, ds.name)
-        with torch.no_grad():
-            return build_class_text(enc, desc, ds.classes, mode=self.cfg.text_mode)
-
-    def _images(self, enc: DualEncoder, samples: list[Sample]) -> torch.Tensor:
-        return torch.stack([enc.preprocess(load_image(s)) for s in samples])
+        return desc
 
     # -- one run -------------------------------------------------------------------------------------------
     def _run_one(
@@ -133,18 +173,9 @@ class Benchmark:
         t0 = time.perf_counter()
         if getattr(cls, "image_level", False):
             assert ep is not None
-            sup = [st.by_id[i] for i in ep.support]
-            val = [st.by_id[i] for i in ep.val]
             if st.test_images is None:
-                st.test_images = self._images(enc, [st.by_id[i] for i in st.test.ids])
-            data = ImageFewShotData(
-                support=self._images(enc, sup),
-                support_labels=torch.tensor([s.label for s in sup]),
-                val=self._images(enc, val),
-                val_labels=torch.tensor([s.label for s in val]),
-                num_classes=n_classes,
-                seed=seed,
-            )
+                st.test_images = images_of(enc, [st.by_id[i] for i in st.test.ids])
+            data = image_episode(enc, st.ds, ep, st.by_id, seed, cls, st.descriptors)
             m = cls(**args).fit(enc, data, self.device, self.precision)
             t_fit = time.perf_counter() - t0
             probs = m.predict_proba(st.test_images)
@@ -180,6 +211,11 @@ class Benchmark:
             probs = m.predict_proba(_norm(st.test.global_))
         probs = probs.float().cpu().numpy()
         labels = st.test.labels.numpy()
+        ids = st.test.ids
+        if self.cfg.eval_split == "val" and ep is not None:  # tuning: never score the episode's val shots
+            held = set(ep.val)
+            keep = np.array([i not in held for i in ids])
+            probs, labels, ids = probs[keep], labels[keep], [i for i, k in zip(ids, keep, strict=True) if k]
         return {
             "dataset": st.ds.name,
             "classes": st.ds.classes,
@@ -193,7 +229,8 @@ class Benchmark:
             "fit_seconds": round(t_fit, 3),
             "total_seconds": round(time.perf_counter() - t0, 3),
             "episode": ep.to_json() if ep else None,
-            "test_ids": st.test.ids,
+            "eval_split": self.cfg.eval_split,
+            "test_ids": ids,
             "test_labels": labels.tolist(),
             "probs": np.round(probs, 6).tolist(),
             "config_hash": self.cfg_hash,
@@ -217,10 +254,16 @@ class Benchmark:
             ds = load_dataset(spec, self.cfg.data_root, skip_bad=self.cfg.skip_bad)
             t0 = time.perf_counter()
             text = self._class_text(enc, ds)
-            test = self.cache.get(enc, ds, "test", skip_bad=self.cfg.skip_bad, progress=self.progress)
+            test = self.cache.get(
+                enc, ds, self.cfg.eval_split, skip_bad=self.cfg.skip_bad, progress=self.progress
+            )
             self.timings[f"{ds.name}/encode_test"] = round(time.perf_counter() - t0, 2)
             st = DatasetState(
-                ds=ds, text=text, test=test, by_id={s.id: s for sp in ds.splits.values() for s in sp}
+                ds=ds,
+                text=text,
+                test=test,
+                descriptors=self._descriptors(ds) if text is not None else None,
+                by_id={s.id: s for sp in ds.splits.values() for s in sp},
             )
             grid: list[tuple[str, int, int, Episode | None]] = []
             for method in self.cfg.methods:

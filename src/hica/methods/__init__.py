@@ -3,6 +3,7 @@
 from hica.methods import (  # noqa: F401  (registration)
     clap,
     finetune,
+    hica,
     linear_probe,
     prototype,
     tip_adapter,

@@ -93,6 +93,11 @@ class ImageFewShotData:
     val_labels: torch.Tensor
     num_classes: int
     seed: int = 0
+    # For methods that align text and regions (``uses_text`` / ``uses_masks``):
+    classes: list[str] | None = None
+    descriptors: Any = None  # hica.data.descriptors.Descriptors
+    support_masks: torch.Tensor | None = None  # (N, H, W) bool, the support images' lesion masks
+    support_has_mask: torch.Tensor | None = None  # (N,) bool: the sample had mask files (maybe empty)
 
 
 class ImageMethod(ABC):
@@ -100,6 +105,7 @@ class ImageMethod(ABC):
 
     name: ClassVar[str] = "image_method"
     uses_text: ClassVar[bool] = False
+    uses_masks: ClassVar[bool] = False
     zero_shot: ClassVar[bool] = False
     image_level: ClassVar[bool] = True
 

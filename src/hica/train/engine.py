@@ -220,6 +220,7 @@ def train(
     *,
     collate_fn: Callable[[list[Any]], Any] | None = None,
     extra: dict[str, Any] | None = None,
+    param_groups: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Train ``model`` for ``cfg.max_steps`` optimizer steps; return a summary dict.
 
@@ -228,7 +229,8 @@ def train(
     ``extra`` (e.g. ``model_config``, ``classes``) is stored in each checkpoint; on resume its
     ``model_config``/``classes`` must match the checkpoint's. Checkpoints go to
     ``run_dir/checkpoints``, the log to ``run_dir/log.csv``. Returns ``{"step", "loss",
-    "losses" (this call's per-step losses), "resumed_from", "checkpoint"}``.
+    "losses" (this call's per-step losses), "resumed_from", "checkpoint"}``. ``param_groups``: AdamW
+    parameter groups (``{"params": [...], "lr": ...}``) instead of every trainable parameter at ``cfg.lr``.
     """
     from lightning.fabric import Fabric
 
@@ -252,7 +254,7 @@ def train(
     params = [p for p in raw_model.parameters() if p.requires_grad]
     if not params:
         raise HicaError("train: the model has no trainable parameters")
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(param_groups or params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     model, fab_opt = fabric.setup(raw_model, optimizer)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_lambda(cfg))
     batches = _Batches(fabric, data, cfg, collate_fn)

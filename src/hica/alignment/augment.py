@@ -1,0 +1,112 @@
+"""Modality-aware training augmentations, applied to an image and (optionally) its lesion mask together.
+
+No flips for either modality: a mirrored chest X-ray puts the heart on the wrong side (dextrocardia), and
+breast ultrasound images carry the probe orientation. Geometry is mild (a crop keeping ≥ ``min_scale`` of
+the area, near-square; rotation ≤ 10°) so lesions stay in view. Photometric changes follow the modality:
+exposure/contrast and gamma for radiographs; gain (brightness), contrast and multiplicative speckle for
+ultrasound. Geometric ops act on the mask with nearest-neighbour sampling, photometric ops never touch it.
+The RNG is torch's global generator, so a seeded (and checkpoint-restored) run draws the same augmentations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Literal
+
+import torch
+from torchvision import tv_tensors
+from torchvision.transforms import v2 as T
+
+from hica.errors import HicaError
+
+Modality = Literal["xray", "ultrasound", "generic"]
+MODALITIES = ("xray", "ultrasound", "generic")
+
+
+def _like(out: torch.Tensor, inpt: torch.Tensor) -> torch.Tensor:
+    return tv_tensors.wrap(out, like=inpt) if isinstance(inpt, tv_tensors.TVTensor) else out
+
+
+class Speckle(T.Transform):
+    """Multiplicative speckle noise on a [0, 1] float image: x·(1 + σ·n), n ~ N(0, 1), σ ~ U(0, ``sigma``).
+
+    Ultrasound speckle is multiplicative (fully developed speckle has Rayleigh amplitude; a Gaussian
+    multiplicative term is the usual augmentation stand-in). Masks pass through unchanged."""
+
+    def __init__(self, sigma: float = 0.15, p: float = 0.5) -> None:
+        super().__init__()
+        self.sigma, self.p = sigma, p
+
+    def make_params(self, flat_inputs: list) -> dict:  # noqa: D102
+        on = bool(torch.rand(()) < self.p)
+        return {"sigma": float(torch.rand(())) * self.sigma if on else 0.0}
+
+    def transform(self, inpt, params):  # noqa: D102
+        if params["sigma"] == 0.0 or isinstance(inpt, tv_tensors.Mask) or not isinstance(inpt, torch.Tensor):
+            return inpt
+        noise = 1 + params["sigma"] * torch.randn_like(inpt[..., :1, :, :])  # one field for all channels
+        return _like((inpt * noise).clamp(0, 1), inpt)
+
+
+class RandomGamma(T.Transform):
+    """Gamma in [1/``max_gamma``, ``max_gamma``] (log-uniform) on a [0, 1] float image (exposure curves)."""
+
+    def __init__(self, max_gamma: float = 1.4, p: float = 0.5) -> None:
+        super().__init__()
+        self.max_gamma, self.p = max_gamma, p
+
+    def make_params(self, flat_inputs: list) -> dict:  # noqa: D102
+        on = bool(torch.rand(()) < self.p)
+        g = float(torch.empty(()).uniform_(-1, 1)) * torch.log(torch.tensor(self.max_gamma)).item()
+        return {"gamma": float(torch.tensor(g).exp()) if on else 1.0}
+
+    def transform(self, inpt, params):  # noqa: D102
+        if params["gamma"] == 1.0 or isinstance(inpt, tv_tensors.Mask) or not isinstance(inpt, torch.Tensor):
+            return inpt
+        return _like(inpt.clamp(0, 1) ** params["gamma"], inpt)
+
+
+def training_augment(
+    modality: Modality, size: int, min_scale: float = 0.6, strength: float = 1.0
+) -> Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]:
+    """``aug(image, mask)``: ``image`` (C, H, W) float in [0, 1] (before normalisation), ``mask`` (H, W)
+    bool/float or None → (image (C, size, size), mask (size, size) float or None)."""
+    if modality not in MODALITIES:
+        raise HicaError(f"augmentation modality must be one of {MODALITIES}, got {modality!r}")
+    if not (0 < min_scale <= 1):
+        raise HicaError(f"min_scale must be in (0, 1], got {min_scale!r}")
+    s = float(strength)
+    geo = [
+        T.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.85, 1.18), antialias=True),
+        T.RandomApply([T.RandomRotation(10)], p=0.5),
+    ]
+    if modality == "xray":
+        photo = [
+            T.ColorJitter(brightness=0.3 * s, contrast=0.3 * s),
+            RandomGamma(1 + 0.4 * s),
+            T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.2))], p=0.3),
+        ]
+    elif modality == "ultrasound":
+        photo = [
+            T.ColorJitter(brightness=0.3 * s, contrast=0.4 * s),
+            Speckle(0.2 * s),
+            T.RandomApply([T.GaussianBlur(5, sigma=(0.1, 1.0))], p=0.3),
+        ]
+    else:
+        photo = [T.ColorJitter(brightness=0.3 * s, contrast=0.3 * s)]
+    pipeline = T.Compose(geo + photo)
+
+    def aug(
+        image: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        img = tv_tensors.Image(image)
+        if mask is None:
+            return pipeline(img).as_subclass(torch.Tensor), None
+        if mask.shape[-2:] != image.shape[-2:]:
+            raise HicaError(
+                f"mask of shape {tuple(mask.shape[-2:])} does not match its image {tuple(image.shape[-2:])}"
+            )
+        out, m = pipeline(img, tv_tensors.Mask(mask.to(torch.float32)))
+        return out.as_subclass(torch.Tensor), m.as_subclass(torch.Tensor)
+
+    return aug

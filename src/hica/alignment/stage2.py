@@ -1,0 +1,125 @@
+"""``hica finetune``: HiCA stage 2 on one K-shot episode, saved as a classifier checkpoint.
+
+The output folder is an encoder checkpoint (``config.json`` + ``encoder.safetensors``: the aligned image
+tower and text projection, loadable with ``encoder: {name: checkpoint, args: {path: ...}}``) plus
+``classifier.safetensors`` (class-text and support-image prototypes) and the classifier's settings (classes,
+α, temperature, ROI source) in ``config.json``'s ``meta.classifier``. ``hica predict`` reads it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from hica.errors import HicaError
+from hica.io import save_tensors, write_json, write_text
+
+CLASSIFIER_FILE = "classifier.safetensors"
+
+
+def export_classifier(method: Any, encoder_cfg: dict[str, Any], base_fp: Any, out: Path, meta: dict) -> Path:
+    """Save a fitted HiCA method (``methods.hica.HiCA``) to ``out`` (see the module docstring)."""
+    from hica.encoders.checkpoint import save_encoder
+
+    model = method.model
+    enc = model.encoder
+    enc.text_proj.load_state_dict(model.text.proj.state_dict())  # the aligned text head
+    save_encoder(
+        enc,
+        out,
+        base={**encoder_cfg, "fingerprint": base_fp},
+        prefixes=["trunk.", "image_proj.", "text_proj."] if hasattr(enc, "trunk") else [""],
+        meta={
+            **meta,
+            "classifier": {
+                "classes": meta["classes"],
+                "alpha": method.alpha,
+                "temperature": method.hparams["temperature"],
+                "roi_source": method.roi_source,
+                "method": method.name,
+                "hparams": method.hparams,
+            },
+        },
+    )
+    save_tensors(
+        out / CLASSIFIER_FILE,
+        {"text_protos": method.text_protos.cpu(), "image_protos": method.image_protos.cpu()},
+    )
+    return out
+
+
+def run_stage2(cfg: Any, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
+    """Fit HiCA stage 2 on the episode (``cfg.dataset``, ``cfg.k``, ``cfg.seed``); save it to ``out_dir``."""
+    import numpy as np
+
+    from hica.config import dump_config
+    from hica.data.catalog import load_dataset
+    from hica.data.descriptors import load_descriptors
+    from hica.data.episodes import sample_episode
+    from hica.encoders import create_encoder
+    from hica.eval.efficiency import peak_rss_mb
+    from hica.eval.metrics import classification_metrics
+    from hica.eval.protocol import image_episode, images_of, machine_info
+    from hica.methods.base import method_registry
+    from hica.runtime import resolve_device, resolve_precision
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    write_text(out / "config.resolved.yaml", dump_config(cfg))
+    registry = method_registry()
+    if cfg.method not in registry:
+        raise HicaError(f"unknown method {cfg.method!r}")
+    cls = registry[cfg.method]
+    method = cls(**cfg.method_args)  # bad hyperparameters fail here, before any loading
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    enc = create_encoder(cfg.encoder.name, **cfg.encoder.args).to(device).eval()
+    base_fp = json.loads(json.dumps(enc.fingerprint(), default=str))
+    ds = load_dataset(cfg.dataset, cfg.data_root, skip_bad=cfg.skip_bad)
+    if not ds.descriptors:
+        raise HicaError(f"dataset {ds.name} has no descriptors YAML; HiCA needs class text")
+    desc = load_descriptors(ds.descriptors)
+    desc.check_classes(ds.classes, ds.name)
+    ep = sample_episode(ds, cfg.k, cfg.seed)
+    write_json(out / "episode.json", ep.to_json())
+    by_id = {s.id: s for sp in ds.splits.values() for s in sp}
+    data = image_episode(enc, ds, ep, by_id, cfg.seed, cls, desc)
+    method.run_dir = out / "train"
+    t0 = time.perf_counter()
+    method.fit(enc, data, device, precision)
+    fit_s = time.perf_counter() - t0
+    summary: dict[str, Any] = {
+        "dataset": ds.name,
+        "classes": ds.classes,
+        "k": cfg.k,
+        "seed": cfg.seed,
+        "method": cfg.method,
+        "selected": method.selected,
+        "fit_seconds": round(fit_s, 1),
+        "machine": machine_info(device, precision),
+    }
+    if cfg.evaluate_test:
+        test = ds.split("test")
+        t1 = time.perf_counter()
+        probs = method.predict_proba(images_of(enc, test)).numpy()
+        labels = np.array([s.label for s in test])
+        summary["test"] = classification_metrics(labels, probs)
+        summary["test_seconds"] = round(time.perf_counter() - t1, 1)
+    summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    export_classifier(
+        method,
+        {"name": cfg.encoder.name, "args": cfg.encoder.args},
+        base_fp,
+        out / "model",
+        {
+            "stage": 2,
+            "classes": ds.classes,
+            "dataset": ds.name,
+            "descriptors": ds.descriptors,
+            "episode": ep.to_json(),
+        },
+    )
+    write_json(out / "summary.json", summary)
+    return summary

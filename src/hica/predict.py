@@ -1,0 +1,118 @@
+"""Classify image files with a HiCA checkpoint written by ``hica finetune`` (few-shot or zero-shot)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from hica.data.sample import IMAGE_EXTENSIONS, Sample, load_image
+from hica.errors import HicaError
+from hica.io import write_text
+
+
+def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
+    """Files and folders (searched recursively for image extensions) → sorted image paths."""
+    out: list[Path] = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(
+                q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and "_mask" not in q.stem
+            )
+            if not found:
+                raise HicaError(f"folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise HicaError(f"input {p} not found: pass image files or folders")
+    return out
+
+
+class Predictor:
+    """A loaded classifier checkpoint: ``predict(paths)`` → class probabilities."""
+
+    def __init__(self, checkpoint: str | Path, device: torch.device, precision: str) -> None:
+        from safetensors.torch import load_file
+
+        from hica.alignment.stage2 import CLASSIFIER_FILE
+        from hica.encoders import create_encoder
+        from hica.encoders.checkpoint import read_checkpoint_config
+
+        path = Path(checkpoint)
+        cfg = read_checkpoint_config(path)
+        clf = cfg.get("meta", {}).get("classifier")
+        if not clf or not (path / CLASSIFIER_FILE).is_file():
+            raise HicaError(
+                f"checkpoint {path} has no classifier (it is an encoder checkpoint, e.g. from `hica "
+                "pretrain`); "
+                "pass the model folder written by `hica finetune`, or use --zero-shot with --descriptors"
+            )
+        self.path = path
+        self.classes: list[str] = list(clf["classes"])
+        self.alpha = float(clf["alpha"])
+        self.temperature = float(clf["temperature"])
+        self.meta = cfg["meta"]
+        self.encoder = create_encoder("checkpoint", path=str(path)).to(device).eval()
+        protos = load_file(str(path / CLASSIFIER_FILE))
+        self.text_protos = protos["text_protos"].to(device)
+        self.image_protos = protos["image_protos"].to(device)
+        self.device, self.precision = device, precision
+
+    def use_descriptors(self, name_or_path: str) -> None:
+        """Zero-shot: class prototypes from a descriptor file's prompts (any class set), text only."""
+        from hica.data.descriptors import load_descriptors
+        from hica.textbank import build_class_text
+
+        desc = load_descriptors(name_or_path)
+        ct = build_class_text(self.encoder, desc, desc.classes, mode="ensemble")
+        self.classes = list(desc.classes)
+        self.text_protos = ct.class_emb.to(self.device)
+        self.image_protos = torch.zeros_like(self.text_protos)
+        self.alpha = 1.0
+
+    @torch.no_grad()
+    def predict(self, paths: Sequence[Path], batch_size: int = 32, skip_bad: bool = False):
+        """(kept paths, (N, C) probabilities, skipped paths)."""
+        from hica.runtime import autocast
+
+        kept, skipped, probs = [], [], []
+        for i in range(0, len(paths), batch_size):
+            xs = []
+            for p in paths[i : i + batch_size]:
+                try:
+                    xs.append(self.encoder.preprocess(load_image(Sample(id=str(p), label=-1, path=p))))
+                    kept.append(p)
+                except HicaError:
+                    if not skip_bad:
+                        raise
+                    skipped.append(p)
+            if not xs:
+                continue
+            with autocast(self.device, self.precision):
+                f = self.encoder.encode_image(torch.stack(xs).to(self.device)).global_
+            f = F.normalize(f.float(), dim=-1)
+            sim = self.alpha * f @ self.text_protos.T + (1 - self.alpha) * f @ self.image_protos.T
+            probs.append((sim / self.temperature).softmax(-1).cpu())
+        return kept, (torch.cat(probs) if probs else torch.zeros(0, len(self.classes))), skipped
+
+
+def predictions_csv(paths: Sequence[Path], probs: torch.Tensor, classes: list[str]) -> str:
+    """CSV text: file, predicted class, one probability column per class."""
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["file", "predicted", *[f"p_{c}" for c in classes]])
+    for p, row in zip(paths, probs.tolist(), strict=True):
+        w.writerow([str(p), classes[int(torch.tensor(row).argmax())], *[f"{v:.6f}" for v in row]])
+    return buf.getvalue()
+
+
+def write_predictions(out: Path, paths: Sequence[Path], probs: torch.Tensor, classes: list[str]) -> Any:
+    """Write the CSV atomically."""
+    return write_text(out, predictions_csv(paths, probs, classes))

@@ -1,0 +1,125 @@
+"""`hica finetune` → `hica predict` end to end on a tiny real BUSI episode, and their bad-input errors."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from hica.cli import app
+from hica.errors import HicaError
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _write(path: Path, obj: dict) -> Path:
+    path.write_text(yaml.safe_dump(obj))
+    return path
+
+
+@pytest.fixture(scope="module")
+def finetuned(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tmp = tmp_path_factory.mktemp("stage2")
+    cfg = _write(
+        tmp / "s2.yaml",
+        {
+            "encoder": {"name": "default", "args": {"image_size": 64}},
+            "dataset": "busi",
+            "k": 1,
+            "seed": 1,
+            "method_args": {"steps": 2, "head_steps": 3, "batch_size": 3},
+            "evaluate_test": False,
+            "device": "cpu",
+            "precision": "fp32",
+        },
+    )
+    res = CliRunner().invoke(
+        app, ["finetune", "--config", str(cfg), "--out", str(tmp / "run"), "--data-root", str(data_root)]
+    )
+    assert res.exit_code == 0, (res.output, res.exception)
+    return tmp / "run"
+
+
+def test_finetune_writes_model_and_summary(finetuned: Path) -> None:
+    import json
+
+    model = finetuned / "model"
+    for f in ("config.json", "encoder.safetensors", "classifier.safetensors"):
+        assert (model / f).is_file()
+    meta = json.loads((model / "config.json").read_text())["meta"]
+    assert meta["classifier"]["classes"] == ["benign", "malignant", "normal"]
+    assert meta["classifier"]["roi_source"] == "lesion masks (support set)"
+    summary = json.loads((finetuned / "summary.json").read_text())
+    assert summary["k"] == 1 and "test" not in summary
+    assert (finetuned / "episode.json").is_file() and (finetuned / "train" / "log.csv").is_file()
+
+
+def test_predict_writes_probabilities(finetuned: Path, data_root: Path, tmp_path: Path) -> None:
+    folder = data_root / "busi" / "Dataset_BUSI_with_GT" / "malignant"
+    imgs = sorted(p for p in folder.glob("*.png") if "_mask" not in p.name)[:3]
+    out = tmp_path / "pred.csv"
+    args = ["predict", *map(str, imgs), "--checkpoint", str(finetuned / "model"), "--out", str(out)]
+    res = CliRunner().invoke(app, [*args, "--device", "cpu", "--precision", "fp32"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    rows = list(csv.DictReader(out.open()))
+    assert [r["file"] for r in rows] == [str(p) for p in imgs]
+    for r in rows:
+        p = [float(r[f"p_{c}"]) for c in ("benign", "malignant", "normal")]
+        assert abs(sum(p) - 1) < 1e-4
+        assert r["predicted"] == ("benign", "malignant", "normal")[p.index(max(p))]
+
+    # Zero-shot on another class set from text only.
+    res = CliRunner().invoke(
+        app, [*args, "--zero-shot", "--descriptors", "chest_xray", "--device", "cpu", "--precision", "fp32"]
+    )
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert next(csv.reader(out.open())) == ["file", "predicted", "p_normal", "p_pneumonia"]
+
+
+def test_predict_bad_inputs(finetuned: Path, tmp_path: Path) -> None:
+    img = next((finetuned.parent).rglob("*.yaml"))  # any existing file; errors come first
+    base = ["predict", str(img), "--out", str(tmp_path / "p.csv"), "--device", "cpu"]
+    # Another class set without --zero-shot.
+    res = CliRunner().invoke(
+        app, [*base, "--checkpoint", str(finetuned / "model"), "--descriptors", "chest_xray"]
+    )
+    assert isinstance(res.exception, HicaError) and "trained for classes" in str(res.exception)
+    # --zero-shot without descriptors.
+    res = CliRunner().invoke(app, [*base, "--checkpoint", str(finetuned / "model"), "--zero-shot"])
+    assert isinstance(res.exception, HicaError) and "--descriptors" in str(res.exception)
+    # Not a checkpoint folder.
+    res = CliRunner().invoke(app, [*base, "--checkpoint", str(tmp_path)])
+    assert isinstance(res.exception, HicaError) and "config.json" in str(res.exception)
+    # Missing input.
+    res = CliRunner().invoke(
+        app,
+        ["predict", str(tmp_path / "nope.png"), "--checkpoint", str(finetuned / "model"), "--device", "cpu"],
+    )
+    assert isinstance(res.exception, HicaError) and "nope.png" in str(res.exception)
+
+
+@pytest.mark.parametrize(
+    ("change", "expect"),
+    [
+        ({"k": 0}, "k"),
+        ({"unknown_key": 1}, "unknown_key"),
+        ({"method": "finetune"}, "hica"),
+        ({"method_args": {"lambda_local": -1}}, "lambda_local"),
+        ({"method_args": {"nonsense": 1}}, "nonsense"),
+    ],
+)
+def test_finetune_config_errors(tmp_path: Path, change: dict, expect: str) -> None:
+    cfg = _write(tmp_path / "bad.yaml", {"dataset": "busi", **change})
+    res = CliRunner().invoke(app, ["finetune", "--config", str(cfg), "--out", str(tmp_path / "o")])
+    assert isinstance(res.exception, HicaError), res.output
+    assert expect in str(res.exception) and "bad.yaml" in str(res.exception) or expect in str(res.exception)

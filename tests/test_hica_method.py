@@ -1,0 +1,200 @@
+"""HiCA stage 2 (``hica`` and its ablations) on a tiny real BUSI episode: 1 shot per class at 64 px.
+
+Checks the hyperparameter validation, the ROI source each variant reports, valid probabilities, α on the
+grid, that the encoder passed in is left untouched, and seed determinism. Two steps of each phase only.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+from hica.encoders import create_encoder
+from hica.errors import HicaError
+from hica.methods import ImageFewShotData, method_registry
+from hica.methods.hica import ALPHAS, HiCA, modality_of
+
+VARIANTS = ["hica", "hica_global_only", "hica_no_local", "hica_no_cross"]
+FAST = {"steps": 2, "head_steps": 3, "batch_size": 3}
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True)
+def _one_thread() -> Iterator[None]:
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def episode(data_root: Path):
+    """(encoder, data with masks, val images): support = the first train image of each class, val = the
+    first val image of each class, preprocessed by the encoder at 64 px; masks in the same geometry."""
+    from hica.alignment.imagedata import load_store
+    from hica.data.catalog import load_dataset
+    from hica.data.descriptors import load_descriptors
+    from hica.data.sample import load_image
+
+    if not (data_root / "busi").is_dir():
+        pytest.skip(f"BUSI not found under {data_root}")
+    torch.set_num_threads(1)
+    enc = create_encoder("default", image_size=64)
+    ds = load_dataset("busi", data_root)
+
+    def pick(split: str) -> list:
+        return [next(s for s in ds.split(split) if s.label == c) for c in range(len(ds.classes))]
+
+    sup, val = pick("train"), pick("val")
+    store = load_store(sup, 64, with_masks=True)
+    data = ImageFewShotData(
+        support=torch.stack([enc.preprocess(load_image(s)) for s in sup]),
+        support_labels=torch.tensor([s.label for s in sup]),
+        val=torch.stack([enc.preprocess(load_image(s)) for s in val]),
+        val_labels=torch.tensor([s.label for s in val]),
+        num_classes=3,
+        seed=1,
+        classes=list(ds.classes),
+        descriptors=load_descriptors("busi"),
+        support_masks=store.masks,
+        support_has_mask=store.has_mask,
+    )
+    assert data.support.shape == (3, 3, 64, 64) and data.support_masks.shape == (3, 64, 64)
+    assert data.support_masks[:2].any() and not data.support_masks[2].any()  # benign, malignant, normal
+    return enc, data
+
+
+def _fit(name: str, enc, data: ImageFewShotData, **hp) -> HiCA:
+    return method_registry()[name](**{**FAST, **hp}).fit(enc, data, CPU, "fp32")
+
+
+def _check_probs(p: torch.Tensor, n: int) -> None:
+    assert p.shape == (n, 3) and p.dtype == torch.float32
+    assert torch.isfinite(p).all() and (p >= 0).all()
+    assert torch.allclose(p.sum(1), torch.ones(n), atol=1e-5)
+
+
+# -------------------------------------------------------------------------------------------- no data
+
+
+def test_registry_and_variant_switches() -> None:
+    reg = method_registry()
+    assert set(VARIANTS) <= set(reg)
+    for name in VARIANTS:
+        cls = reg[name]
+        assert issubclass(cls, HiCA) and cls.name == name and cls.uses_text and cls.uses_masks
+    assert reg["hica"].defaults["use_local"] and reg["hica"].defaults["use_cross"]
+    assert not reg["hica_global_only"].defaults["use_local"]
+    assert not reg["hica_global_only"].defaults["use_cross"]
+    assert not reg["hica_no_local"].defaults["use_local"] and reg["hica_no_local"].defaults["use_cross"]
+    assert reg["hica_no_cross"].defaults["use_local"] and not reg["hica_no_cross"].defaults["use_cross"]
+    assert HiCA.defaults["use_local"]  # the variants did not change the base class
+
+
+@pytest.mark.parametrize(
+    ("hp", "match"),
+    [
+        ({"lambda_locl": 0.5}, r"unknown argument\(s\) \['lambda_locl'\]"),
+        ({"lambda_local": -1}, "lambda_local"),
+        ({"lambda_cross": float("nan")}, "lambda_cross"),
+        ({"use_global": False, "use_local": False, "use_cross": False}, "nothing to train"),
+        ({"roi": "masks"}, "roi must be 'auto' or 'proposed'"),
+        ({"steps": 0}, "steps must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+    ],
+)
+def test_bad_hyperparameters(hp: dict, match: str) -> None:
+    with pytest.raises(HicaError, match=match):
+        HiCA(**hp)
+
+
+def test_global_only_rejects_turning_its_last_term_off() -> None:
+    with pytest.raises(HicaError, match="nothing to train"):
+        method_registry()["hica_global_only"](use_global=False)
+
+
+def test_modality_of() -> None:
+    assert modality_of("breast ultrasound (B-mode grayscale)") == "ultrasound"
+    assert modality_of("Chest X-ray (frontal radiograph)") == "xray"
+    assert modality_of("sonography") == "ultrasound"
+    assert modality_of("dermoscopy") == "generic"
+
+
+# ---------------------------------------------------------------------------------------- on the episode
+
+
+def test_fit_needs_descriptors(episode) -> None:
+    enc, data = episode
+    with pytest.raises(HicaError, match="descriptors"):
+        HiCA(**FAST).fit(enc, dataclasses.replace(data, descriptors=None), CPU, "fp32")
+
+
+def test_hica_with_masks_trains_a_copy_and_is_deterministic(episode) -> None:
+    enc, data = episode
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    flags = (enc.training, [p.requires_grad for p in enc.parameters()])
+    m1 = _fit("hica", enc, data)
+    m2 = _fit("hica", enc, data)
+    after = enc.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), "fit modified the encoder passed in"
+    assert (enc.training, [p.requires_grad for p in enc.parameters()]) == flags
+
+    assert m1.selected["roi_source"] == "lesion masks (support set)"
+    assert m1.alpha in ALPHAS and m1.selected["alpha"] == m1.alpha
+    assert 0 <= m1.selected["val_accuracy"] <= 1
+    assert len(m1.selected["head_loss"]) == 2 and len(m1.selected["train_loss"]) == 2
+    # the copy was trained: image tower (past the frozen stages) and text head moved
+    trained = m1.model.encoder
+    assert not torch.equal(trained.trunk.conv_head.weight, enc.trunk.conv_head.weight)
+    assert torch.equal(trained.trunk.blocks[0][0].conv_dw.weight, enc.trunk.blocks[0][0].conv_dw.weight)
+    assert not torch.equal(m1.model.text.proj.weight, enc.text_proj.weight)
+
+    images = torch.cat([data.val, data.support])
+    p1, p2 = m1.predict_proba(images), m2.predict_proba(images)
+    _check_probs(p1, 6)
+    assert torch.allclose(p1, p2, atol=1e-5)
+    assert m1.selected == m2.selected
+    assert torch.allclose(m1.predict_proba(images, batch_size=2), p1, atol=1e-5)
+
+
+def test_hica_without_masks_proposes_rois(episode) -> None:
+    enc, data = episode
+    m = _fit("hica", enc, dataclasses.replace(data, support_masks=None, support_has_mask=None))
+    assert m.selected["roi_source"].startswith("proposed")
+    _check_probs(m.predict_proba(data.val), 3)
+    assert m.alpha in ALPHAS
+
+
+def test_hica_roi_proposed_ignores_masks(episode) -> None:
+    enc, data = episode
+    m = _fit("hica", enc, data, roi="proposed", use_cross=False)
+    assert m.selected["roi_source"].startswith("proposed")
+
+
+def test_hica_all_empty_masks_falls_back_to_proposed(episode) -> None:
+    enc, data = episode
+    none = torch.zeros(3, dtype=torch.bool)  # the masks tensor is there, but no sample had a mask file
+    m = _fit("hica_no_cross", enc, dataclasses.replace(data, support_has_mask=none))
+    assert m.selected["roi_source"].startswith("proposed")
+
+
+@pytest.mark.parametrize(
+    ("name", "roi"),
+    [
+        ("hica_global_only", "none (L_local off)"),
+        ("hica_no_local", "none (L_local off)"),
+        ("hica_no_cross", "lesion masks (support set)"),
+    ],
+)
+def test_variants(episode, name: str, roi: str) -> None:
+    enc, data = episode
+    m = _fit(name, enc, data)
+    assert m.name == name and m.selected["roi_source"] == roi
+    assert m.alpha in ALPHAS
+    _check_probs(m.predict_proba(data.val), 3)
