@@ -4,9 +4,10 @@
 
 Reads (all produced by committed commands on committed configs):
   results/baselines/           hica benchmark --config configs/baselines.yaml
-  results/hica/busi/           hica benchmark --config configs/hica_busi.yaml
-  results/hica/chest_xray/     hica benchmark --config configs/hica_chest_xray.yaml
-  results/hica/no_stage1/      hica benchmark --config configs/hica_no_stage1.yaml
+  results/hica/busi/           hica benchmark --config configs/hica_busi.yaml           (default encoder)
+  results/hica/busi_stage1/    hica benchmark --config configs/hica_busi_stage1.yaml    (+stage 1 ablation)
+  results/hica/chest_xray/     hica benchmark --config configs/hica_chest_xray.yaml     (stage-1 encoder)
+  results/hica/no_stage1/      hica benchmark --config configs/hica_no_stage1.yaml      (−stage 1 ablation)
 Malignant-vs-rest AUC is computed from each run's predictions.csv.
 """
 
@@ -26,15 +27,17 @@ from hica.io import write_json, write_text
 SOURCES = {
     "baselines": ("results/baselines", {}),
     "hica_busi": ("results/hica/busi", {}),
+    "busi_stage1": ("results/hica/busi_stage1", {"hica": "hica_with_stage1"}),
     "hica_cxr": ("results/hica/chest_xray", {}),
     "no_stage1": ("results/hica/no_stage1", {"hica": "hica_no_stage1"}),
 }
 LABELS = {
-    "hica": "**HiCA** (stage 1 + 2)",
+    "hica": "**HiCA**",
     "hica_global_only": "HiCA: L_global only",
     "hica_no_local": "HiCA: −L_local",
     "hica_no_cross": "HiCA: −L_cross",
     "hica_no_stage1": "HiCA: −stage 1",
+    "hica_with_stage1": "HiCA: +stage 1",
 }
 HICA = list(LABELS)
 SHOTS = [1, 2, 4, 8, 16]

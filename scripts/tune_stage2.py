@@ -3,7 +3,7 @@
 Runs the benchmark protocol with ``eval_split: val`` (each episode's own validation shots are left out of
 the scoring) for every setting of a grid, on each dataset's stage-1 encoder, and writes a table.
 
-    python scripts/tune_stage2.py --config configs/tune_stage2.yaml --out results/tuning/stage2
+    python scripts/tune_stage2.py --config configs/tuning/stage2.yaml --out results/tuning/stage2
 """
 
 from __future__ import annotations

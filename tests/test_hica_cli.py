@@ -123,3 +123,30 @@ def test_finetune_config_errors(tmp_path: Path, change: dict, expect: str) -> No
     res = CliRunner().invoke(app, ["finetune", "--config", str(cfg), "--out", str(tmp_path / "o")])
     assert isinstance(res.exception, HicaError), res.output
     assert expect in str(res.exception) and "bad.yaml" in str(res.exception) or expect in str(res.exception)
+
+
+def test_explain_writes_heatmap_png(finetuned: Path, data_root: Path, tmp_path: Path) -> None:
+    from PIL import Image
+
+    img = data_root / "busi" / "Dataset_BUSI_with_GT" / "malignant" / "malignant (1).png"
+    res = CliRunner().invoke(
+        app,
+        [
+            "explain",
+            str(img),
+            "--checkpoint",
+            str(finetuned / "model"),
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+        ],
+    )
+    assert res.exit_code == 0, (res.output, res.exception)
+    png = tmp_path / "malignant (1).png"
+    with Image.open(png) as im:
+        assert im.width > 800 and im.height > 300
+    res = CliRunner().invoke(
+        app, ["explain", str(tmp_path / "nope.png"), "--checkpoint", str(finetuned / "model")]
+    )
+    assert isinstance(res.exception, HicaError) and "nope.png" in str(res.exception)

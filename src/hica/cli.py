@@ -304,6 +304,30 @@ def predict(
     console.print(f"[green]wrote[/green] {out} ({len(kept)} images, classes {pred.classes})")
 
 
+@app.command()
+def explain(
+    images: Annotated[list[Path], typer.Argument(help="Image file(s) to explain.")],
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model folder from `hica finetune`.")],
+    out: Annotated[Path, typer.Option("--out", help="Output folder for the PNGs.")] = Path("explain"),
+    descriptors: Annotated[
+        str | None, typer.Option("--descriptors", help="Descriptor file (default: the checkpoint's).")
+    ] = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+) -> None:
+    """Region–text similarity heatmaps per class, top attribute phrases and the prediction, as PNGs."""
+    from hica.explain import explain_image, plot_explanation
+    from hica.predict import Predictor
+    from hica.runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
+    for img in images:
+        ex = explain_image(pred, img, descriptors)
+        path = plot_explanation(ex, out / f"{Path(img).stem}.png", title=str(Path(img).name))
+        console.print(f"{img}: predicted [bold]{ex.predicted}[/bold] → {path}")
+
+
 bench_app = typer.Typer(
     help="Efficiency benchmarks (not tests): throughput, wall time, peak memory.", no_args_is_help=True
 )
