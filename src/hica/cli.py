@@ -328,6 +328,45 @@ def explain(
         console.print(f"{img}: predicted [bold]{ex.predicted}[/bold] → {path}")
 
 
+@app.command()
+def report(
+    run_dirs: Annotated[
+        list[Path], typer.Argument(help="Output directories of `hica benchmark` (with metrics.json).")
+    ],
+    out: Annotated[
+        Path, typer.Option("--out", help="Folder for report.md, report.html and figures/.")
+    ] = Path("report"),
+    rename: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--rename",
+            help="RUN_DIR:METHOD=NEWNAME — rename a method of one run directory (repeatable), e.g. to tell "
+            "apart `hica` of two runs: --rename results/hica/no_stage1:hica=hica_no_stage1.",
+        ),
+    ] = None,
+    order: Annotated[
+        str | None,
+        typer.Option("--order", help="Comma-separated method order for tables and legends; others follow."),
+    ] = None,
+    confusion_method: Annotated[
+        str | None,
+        typer.Option(
+            "--confusion-method",
+            help="Method whose confusion matrix is shown (default: first of --order, else hica, else the "
+            "best at the largest K).",
+        ),
+    ] = None,
+) -> None:
+    """Markdown + self-contained HTML report with plots (few-shot curves, ablations, confusion) from runs."""
+    from hica.report.build import build_report, parse_order, parse_renames
+
+    res = build_report(run_dirs, out, parse_renames(rename), parse_order(order), confusion_method)
+    console.print(
+        f"[green]wrote[/green] {res['markdown']}, {res['html']} and {len(res['figures'])} figure(s) "
+        f"in {out}/figures"
+    )
+
+
 bench_app = typer.Typer(
     help="Efficiency benchmarks (not tests): throughput, wall time, peak memory.", no_args_is_help=True
 )

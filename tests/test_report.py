@@ -1,0 +1,186 @@
+"""`hica report`: Markdown + self-contained HTML with PNG figures from benchmark run directories."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from hica.cli import app
+from hica.errors import HicaError
+from hica.report.build import build_report, parse_order, parse_renames
+from hica.report.html import markdown_to_html
+from hica.report.tables import summarize
+
+REPO = Path(__file__).resolve().parents[1]
+KS = (2, 8)
+SEEDS = (1, 2)
+
+
+def _record(method: str, k: int, seed: int, acc: float) -> dict:
+    n = 20
+    right = round(acc * n)
+    return {
+        "dataset": "toy",
+        "classes": ["benign", "malignant"],
+        "method": method,
+        "k": k,
+        "seed": seed,
+        "metrics": {
+            "accuracy": right / n,
+            "balanced_accuracy": acc,
+            "macro_f1": acc,
+            "auc": min(1.0, acc + 0.1),
+        },
+        "ci95": {},
+        "confusion": [[right // 2, 10 - right // 2], [n // 2 - (right - right // 2), right - right // 2]],
+        "selected": {},
+        "fit_seconds": 0.1,
+        "total_seconds": 0.2,
+        "episode": None,
+        "config_hash": "abc",
+    }
+
+
+def make_run(root: Path, methods: tuple[str, ...] = ("prototype", "hica"), name: str = "toy-bench") -> Path:
+    """A tiny run dir: 2 methods × 2 K × 2 seeds on a 2-class dataset, plus a zero-shot run."""
+    records = [_record("zeroshot", 0, 0, 0.5)]
+    for i, m in enumerate(methods):
+        for k in KS:
+            for s in SEEDS:
+                records.append(_record(m, k, s, 0.55 + 0.1 * i + 0.02 * k / 2 + 0.05 * s))
+    root.mkdir(parents=True, exist_ok=True)
+    metrics = {
+        "name": name,
+        "methods": ["zeroshot", *methods],
+        "summary": summarize(records),
+        "runs": records,
+        "timings": {"total": 12.5},
+    }
+    (root / "metrics.json").write_text(json.dumps(metrics))
+    env = {"cpu": "TestCPU", "cpu_cores": 2, "torch_threads": 2, "device": "cpu", "precision": "fp32"}
+    (root / "environment.json").write_text(json.dumps({**env, "torch": "x", "python": "3.11"}))
+    (root / "config.resolved.yaml").write_text(f"name: {name}\n")
+    return root
+
+
+def _check_png(path: Path) -> None:
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.format == "PNG" and im.size[0] > 400 and im.size[1] > 200
+
+
+def test_report_files_content_and_html(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "report"
+    res = build_report([run], out)
+    md = (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert res["markdown"] == out / "report.md" and res["html"] == out / "report.html"
+    # few-shot curves, ablation bars, confusion matrix
+    names = sorted(p.name for p in res["figures"])
+    assert names == ["ablation_toy.png", "confusion_toy_hica.png", "fewshot_toy.png"]
+    for p in res["figures"]:
+        assert p.is_file()
+        _check_png(p)
+        assert f"]({p.relative_to(out).as_posix()})" in md
+    for method in ("zeroshot", "prototype", "hica"):
+        assert f"| {method} |" in md
+    for k in KS:
+        assert f"K={k}" in md
+    assert "toy-bench" in md and "TestCPU" in md and str(run) in md
+    assert f"hica benchmark --config {run / 'config.resolved.yaml'} --out {run}" in md
+    assert res["confusion_methods"] == {"toy": "hica"}  # default: hica when present
+    # self-contained: every image embedded, nothing fetched from elsewhere
+    assert page.count('src="data:image/png;base64,') == 3
+    assert "http" not in page and "<script" not in page and "<link" not in page
+    assert page.count("<table>") == 3  # runs + accuracy + AUC
+    assert "<figcaption>" in page and "<strong>" in page
+
+
+def test_rename_order_and_duplicates(tmp_path: Path) -> None:
+    a = make_run(tmp_path / "a", name="full")
+    b = make_run(tmp_path / "b", methods=("hica",), name="no-stage1")
+    # the same method on the same dataset in two runs is ambiguous
+    with pytest.raises(HicaError, match="--rename"):
+        build_report([a, b], tmp_path / "r0")
+    renames = parse_renames([f"{b}:hica=hica_no_stage1", f"{b}:zeroshot=zeroshot_b"])
+    res = build_report([a, b], tmp_path / "r1", renames, order=["hica_no_stage1", "prototype"])
+    md = (tmp_path / "r1" / "report.md").read_text()
+    assert res["methods"][:2] == ["hica_no_stage1", "prototype"]
+    assert "| hica_no_stage1 |" in md and "`hica` → `hica_no_stage1`" in md
+    assert md.index("| hica_no_stage1 |") < md.index("| prototype |") < md.index("| hica |")
+    assert res["confusion_methods"] == {"toy": "hica_no_stage1"}  # first of --order
+    assert f"--rename '{b}:hica=hica_no_stage1'" in md
+    for p in res["figures"]:
+        _check_png(p)
+
+
+@pytest.mark.parametrize(
+    "bad", ["no-equals", "dir=new", ":hica=x", "dir:hica=", "dir:hica=a|b"], ids=lambda s: s or "empty"
+)
+def test_bad_rename_syntax(bad: str) -> None:
+    with pytest.raises(HicaError, match="--rename"):
+        parse_renames([bad])
+
+
+def test_rename_errors_name_the_problem(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    with pytest.raises(HicaError, match="not one of the RUN_DIRs"):
+        build_report([run], tmp_path / "r", parse_renames([f"{tmp_path}/other:hica=x"]))
+    with pytest.raises(HicaError, match="no method 'nope'"):
+        build_report([run], tmp_path / "r", parse_renames([f"{run}:nope=x"]))
+    with pytest.raises(HicaError, match="--order names unknown"):
+        build_report([run], tmp_path / "r", order=parse_order("hica,typo"))
+
+
+def test_missing_metrics_json(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(HicaError, match=r"empty.*hica benchmark"):
+        build_report([tmp_path / "empty"], tmp_path / "r")
+    res = CliRunner().invoke(app, ["report", str(tmp_path / "missing"), "--out", str(tmp_path / "r")])
+    assert isinstance(res.exception, HicaError) and "hica benchmark" in str(res.exception)
+
+
+def test_cli_report(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "out"
+    res = CliRunner().invoke(
+        app,
+        ["report", str(run), "--out", str(out), "--rename", f"{run}:hica=hica_v2", "--order", "prototype"],
+    )
+    assert res.exit_code == 0, res.output
+    md = (out / "report.md").read_text()
+    assert "| hica_v2 |" in md and "| hica |" not in md
+    assert (out / "figures" / "confusion_toy_prototype.png").is_file()
+    bad = CliRunner().invoke(app, ["report", str(run), "--rename", "oops"])
+    assert isinstance(bad.exception, HicaError)
+
+
+def test_html_renderer_escapes_and_structures() -> None:
+    md = "# T <x>\n\npara `a<b>` **bold**\n\n| a | b |\n|---|---:|\n| 1 | 2 |\n\n- item\n\n```\nx < y\n```\n"
+    page = markdown_to_html(md + "![alt](f.png)\n*cap*\n", "T", lambda src: "data:image/png;base64,AAA")
+    assert "<h1>T &lt;x&gt;</h1>" in page and "<code>a&lt;b&gt;</code>" in page
+    assert "<strong>bold</strong>" in page and '<td class="r">2</td>' in page
+    assert "<li>item</li>" in page and "<pre><code>x &lt; y</code></pre>" in page
+    assert re.search(r'<figure><img src="data:image/png;base64,AAA" alt="alt"><figcaption>cap', page)
+
+
+def test_report_on_committed_baselines(tmp_path: Path) -> None:
+    run = REPO / "results" / "baselines"
+    if not (run / "metrics.json").is_file():
+        pytest.skip("results/baselines/metrics.json not committed")
+    res = build_report([run], tmp_path / "r")
+    md = (tmp_path / "r" / "report.md").read_text()
+    data = json.loads((run / "metrics.json").read_text())
+    for m in data["methods"]:
+        assert f"| {m} |" in md
+    assert len(res["figures"]) == 3 * len(res["datasets"])
+    for p in res["figures"]:
+        _check_png(p)
+    assert "http" not in (tmp_path / "r" / "report.html").read_text()
