@@ -15,8 +15,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def one_thread():
+    """Torch and BLAS on one thread: deterministic, and fast on a shared 2-core machine."""
+    from threadpoolctl import threadpool_limits
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(limits=1):
+        yield
+    torch.set_num_threads(n)
 
 
 def find_data_root() -> Path:

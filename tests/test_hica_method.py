@@ -7,12 +7,10 @@ grid, that the encoder passed in is left untouched, and seed determinism. Two st
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
-from threadpoolctl import threadpool_limits
 
 from hica.encoders import create_encoder
 from hica.errors import HicaError
@@ -24,13 +22,7 @@ FAST = {"steps": 2, "head_steps": 3, "batch_size": 3}
 CPU = torch.device("cpu")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread() -> Iterator[None]:
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(limits=1):
-        yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

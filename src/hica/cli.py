@@ -38,6 +38,11 @@ Download = Annotated[
     bool, typer.Option("--download", help="Fetch a missing MedMNIST file from Zenodo (MD5-checked).")
 ]
 Out = Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<name>).")]
+DeviceOverride = Annotated[str | None, typer.Option("--device", help="Override the config's device.")]
+PrecisionOverride = Annotated[
+    str | None, typer.Option("--precision", help="Override the config's precision.")
+]
+Resume = Annotated[bool, typer.Option(help="Continue from what the run directory already holds.")]
 
 
 def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
@@ -180,12 +185,10 @@ def fewshot(
 def benchmark(
     config: Annotated[Path, typer.Option("--config", help="Benchmark YAML (see configs/).")],
     out: Out = None,
-    resume: Annotated[bool, typer.Option(help="Reuse finished runs in the run directory.")] = True,
+    resume: Resume = True,
     data_root: DataRoot = None,
-    device: Annotated[str | None, typer.Option("--device", help="Override the config's device.")] = None,
-    precision: Annotated[
-        str | None, typer.Option("--precision", help="Override the config's precision.")
-    ] = None,
+    device: DeviceOverride = None,
+    precision: PrecisionOverride = None,
     cache_dir: CacheDir = None,
 ) -> None:
     """Run a benchmark grid (datasets × K × seeds × methods) from a YAML config."""
@@ -201,12 +204,10 @@ def benchmark(
 def pretrain(
     config: Annotated[Path, typer.Option("--config", help="Stage-1 YAML (see configs/stage1_*.yaml).")],
     out: Out = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint.")] = True,
+    resume: Resume = True,
     data_root: DataRoot = None,
-    device: Annotated[str | None, typer.Option("--device", help="Override the config's device.")] = None,
-    precision: Annotated[
-        str | None, typer.Option("--precision", help="Override the config's precision.")
-    ] = None,
+    device: DeviceOverride = None,
+    precision: PrecisionOverride = None,
     max_images: Annotated[
         int | None, typer.Option("--max-images", help="Use only the first N images (smoke runs).")
     ] = None,
@@ -235,12 +236,10 @@ def finetune(
     out: Out = None,
     k: Annotated[int | None, typer.Option("--k", help="Override the config's K (shots per class).")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Override the config's episode seed.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from the run directory's last checkpoint.")] = True,
+    resume: Resume = True,
     data_root: DataRoot = None,
-    device: Annotated[str | None, typer.Option("--device", help="Override the config's device.")] = None,
-    precision: Annotated[
-        str | None, typer.Option("--precision", help="Override the config's precision.")
-    ] = None,
+    device: DeviceOverride = None,
+    precision: PrecisionOverride = None,
 ) -> None:
     """HiCA stage 2 on one K-shot episode; writes OUT/model (use it with `hica predict`)."""
     from hica.alignment.stage2 import run_stage2

@@ -39,6 +39,7 @@ from hica.alignment.roi import masks_to_token_weights, proposal_roi
 from hica.alignment.stage1 import fabric_precision, freeze_early
 from hica.errors import HicaError
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
+from hica.methods.finetune import _freeze_bn
 from hica.runtime import autocast
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -105,12 +106,6 @@ class HiCAModel(nn.Module):
         super().__init__()
         self.encoder = encoder
         self.text = text
-
-
-def _freeze_bn(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 @register_method("hica")
