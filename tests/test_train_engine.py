@@ -205,6 +205,9 @@ def _worker(argv: list[str]) -> None:
         out = train(make_model(0.0), loss_fn, make_data(), ddp_cfg(batch_size=4, devices=2), run_dir)
         if int(os.environ.get("RANK", "0")) == 0:
             Path(argv[2]).write_text(json.dumps({"losses": out["losses"]}))
+        if torch.distributed.is_initialized():  # orderly gloo teardown: no rank exits mid-collective
+            torch.distributed.barrier()
+            torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
