@@ -248,16 +248,10 @@ class HiCA(ImageMethod):
         # Phase 2: both towers on augmented support images, through the engine.
         from hica.train.engine import TrainConfig, train
 
-        freeze_early(enc, hp["freeze_stages"])
-        img_params = [p for p in enc.image_parameters()]
-        frozen = {
-            id(p)
-            for n, p in enc.named_parameters()
-            if n.startswith(_frozen_prefixes(enc, hp["freeze_stages"]))
-        }
-        img_params = [p for p in img_params if id(p) not in frozen]
-        for p in img_params:
+        for p in enc.image_parameters():
             p.requires_grad_(True)
+        freeze_early(enc, hp["freeze_stages"])  # the stem and first stages keep their weights
+        img_params = [p for p in enc.image_parameters() if p.requires_grad]
         aug = training_augment(modality_of(data.descriptors.modality), spec.size, min_scale=hp["min_scale"])
         mean = torch.tensor(spec.mean).view(3, 1, 1)
         std = torch.tensor(spec.std).view(3, 1, 1)
@@ -382,12 +376,6 @@ class HiCA(ImageMethod):
 
     def predict_proba(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         return self._logits(self._embed(images, batch_size), self.alpha).softmax(-1).cpu()
-
-
-def _frozen_prefixes(encoder: Any, stages: int) -> tuple[str, ...]:
-    if stages <= 0 or not hasattr(encoder, "trunk"):
-        return ("\0",)
-    return ("trunk.conv_stem.", "trunk.bn1.", *(f"trunk.blocks.{i}." for i in range(stages)))
 
 
 def _variant(name: str, doc: str, **overrides: Any) -> type:
