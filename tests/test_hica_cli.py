@@ -143,3 +143,19 @@ def test_explain_writes_heatmap_png(finetuned: Path, data_root: Path, tmp_path: 
         app, ["explain", str(tmp_path / "nope.png"), "--checkpoint", str(finetuned / "model")]
     )
     assert isinstance(res.exception, HicaError) and "nope.png" in str(res.exception)
+
+
+def test_evaluate_scores_a_split_and_refuses_other_classes(
+    finetuned: Path, data_root: Path, tmp_path: Path
+) -> None:
+    import json
+
+    out = tmp_path / "m.json"
+    args = ["evaluate", "--checkpoint", str(finetuned / "model"), "--data-root", str(data_root)]
+    res = CliRunner().invoke(app, [*args, "--dataset", "busi", "--split", "val", "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    m = json.loads(out.read_text())
+    assert m["n"] == 155 and m["split"] == "val" and 0 <= m["metrics"]["accuracy"] <= 1
+    assert sum(map(sum, m["confusion"])) == 155
+    res = CliRunner().invoke(app, [*args, "--dataset", "breastmnist"])
+    assert isinstance(res.exception, HicaError) and "trained for classes" in str(res.exception)

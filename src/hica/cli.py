@@ -304,6 +304,32 @@ def predict(
 
 
 @app.command()
+def evaluate(
+    checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model folder from `hica finetune`.")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset name or spec (see `hica datasets`).")],
+    split: Annotated[str, typer.Option("--split", help="Split to score.")] = "test",
+    out: Annotated[Path | None, typer.Option("--out", help="Write the metrics JSON here.")] = None,
+    data_root: DataRoot = None,
+    skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
+    device: Device = "auto",
+    precision: Precision = "auto",
+) -> None:
+    """Score a HiCA checkpoint on a dataset split with the same classes (e.g. another resolution)."""
+    from hica.data.catalog import load_dataset
+    from hica.io import write_json
+    from hica.predict import Predictor
+    from hica.predict import evaluate as evaluate_checkpoint
+    from hica.runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
+    res = evaluate_checkpoint(pred, load_dataset(dataset, data_root, skip_bad=skip_bad), split, skip_bad)
+    if out:
+        write_json(out, res)
+    console.print_json(data={k: v for k, v in res.items() if k != "confusion"})
+
+
+@app.command()
 def explain(
     images: Annotated[list[Path], typer.Argument(help="Image file(s) to explain.")],
     checkpoint: Annotated[Path, typer.Option("--checkpoint", help="Model folder from `hica finetune`.")],

@@ -78,10 +78,19 @@ class Predictor:
         self.alpha = 1.0
 
     @torch.no_grad()
-    def predict(self, paths: Sequence[Path], batch_size: int = 32, skip_bad: bool = False):
-        """(kept paths, (N, C) probabilities, skipped paths)."""
+    def probs_of(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) preprocessed images → (N, C) class probabilities on CPU."""
         from hica.runtime import autocast
 
+        with autocast(self.device, self.precision):
+            f = self.encoder.encode_image(images.to(self.device)).global_
+        f = F.normalize(f.float(), dim=-1)
+        sim = self.alpha * f @ self.text_protos.T + (1 - self.alpha) * f @ self.image_protos.T
+        return (sim / self.temperature).softmax(-1).cpu()
+
+    @torch.no_grad()
+    def predict(self, paths: Sequence[Path], batch_size: int = 32, skip_bad: bool = False):
+        """(kept paths, (N, C) probabilities, skipped paths)."""
         kept, skipped, probs = [], [], []
         for i in range(0, len(paths), batch_size):
             xs = []
@@ -95,11 +104,7 @@ class Predictor:
                     skipped.append(p)
             if not xs:
                 continue
-            with autocast(self.device, self.precision):
-                f = self.encoder.encode_image(torch.stack(xs).to(self.device)).global_
-            f = F.normalize(f.float(), dim=-1)
-            sim = self.alpha * f @ self.text_protos.T + (1 - self.alpha) * f @ self.image_protos.T
-            probs.append((sim / self.temperature).softmax(-1).cpu())
+            probs.append(self.probs_of(torch.stack(xs)))
         return kept, (torch.cat(probs) if probs else torch.zeros(0, len(self.classes))), skipped
 
 
@@ -116,3 +121,46 @@ def predictions_csv(paths: Sequence[Path], probs: torch.Tensor, classes: list[st
 def write_predictions(out: Path, paths: Sequence[Path], probs: torch.Tensor, classes: list[str]) -> Any:
     """Write the CSV atomically."""
     return write_text(out, predictions_csv(paths, probs, classes))
+
+
+def evaluate(
+    predictor: Predictor, dataset: Any, split: str = "test", skip_bad: bool = False
+) -> dict[str, Any]:
+    """Score a classifier checkpoint on a dataset split (same class set required): metrics and confusion."""
+    import numpy as np
+
+    from hica.eval.metrics import classification_metrics, confusion
+
+    if list(dataset.classes) != list(predictor.classes):
+        raise HicaError(
+            f"checkpoint {predictor.path} was trained for classes {predictor.classes}, but dataset "
+            f"{dataset.name} has {dataset.classes}; evaluate it on data with the same classes (in the same "
+            "order), or use `hica predict --zero-shot --descriptors` for other classes"
+        )
+    samples = dataset.split(split)
+    probs, labels = [], []
+    for i in range(0, len(samples), 64):
+        chunk = samples[i : i + 64]
+        xs, ys = [], []
+        for s in chunk:
+            try:
+                xs.append(predictor.encoder.preprocess(load_image(s)))
+                ys.append(s.label)
+            except HicaError:
+                if not skip_bad:
+                    raise
+        if xs:
+            probs.append(predictor.probs_of(torch.stack(xs)))
+            labels += ys
+    p = torch.cat(probs).numpy()
+    y = np.array(labels)
+    return {
+        "dataset": dataset.name,
+        "split": split,
+        "n": len(y),
+        "classes": list(dataset.classes),
+        "metrics": classification_metrics(y, p),
+        "confusion": confusion(y, p),
+        "checkpoint": str(predictor.path),
+        "trained_on": predictor.meta.get("dataset"),
+    }
