@@ -95,7 +95,13 @@ def write_outputs(
     md = [
         f"# {cfg.name}\n",
         f"Encoder: `{cfg.encoder.name}` {cfg.encoder.args or ''}; "
-        f"text mode: {cfg.text_mode}; seeds: {cfg.seeds}; test split only for reporting.\n",
+        f"text mode: {cfg.text_mode}; seeds: {cfg.seeds}; "
+        + (
+            "scored on the VALIDATION split (hyperparameter search; each episode's own validation shots "
+            "left out); the test split is not used.\n"
+            if getattr(cfg, "eval_split", "test") == "val"
+            else "test split only for reporting.\n"
+        ),
         markdown_tables(summary, METRICS, method_order=cfg.methods),
     ]
     if any(r["method"] == "zeroshot" for r in records) and cfg.encoder.name == "default":
