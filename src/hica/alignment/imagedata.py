@@ -8,13 +8,12 @@ neighbour into the same geometry, so a mask cell lines up with its image pixel.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torchvision.transforms import v2 as T
 from tqdm.auto import tqdm
 
@@ -111,24 +110,3 @@ def load_store(
         masks=torch.stack(masks) if with_masks else None,
         has_mask=torch.tensor(has),
     )
-
-
-def eval_batches(
-    store: ImageStore, spec: InputSpec, batch_size: int
-) -> Callable[[], list[tuple[int, torch.Tensor]]]:
-    """A function yielding (start, normalised image batch at ``spec.size``) over the whole store."""
-
-    def gen():
-        for i in range(0, len(store), batch_size):
-            x = store.float_images(range(i, min(i + batch_size, len(store))))
-            if x.shape[-1] != spec.size:
-                x = F.interpolate(x, size=(spec.size, spec.size), mode="bicubic", antialias=True).clamp_(0, 1)
-            yield i, spec.normalize(x)
-
-    return gen
-
-
-def pil_to_store_tensor(img: Image.Image, size: int) -> torch.Tensor:
-    """One PIL image → uint8 (3, size, size), as :func:`load_store` stores it."""
-    x = T.functional.pil_to_tensor(img.convert("RGB"))
-    return T.Resize((size, size), interpolation=T.InterpolationMode.BICUBIC, antialias=True)(x)

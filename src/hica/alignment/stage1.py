@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -363,7 +363,8 @@ def _text_params(encoder: nn.Module, layers: int) -> tuple[list[nn.Parameter], l
     return params, [f"text_model.encoder.layer.{i}." for i in chosen]
 
 
-def _pooled(encoder: nn.Module, texts: list[str]) -> torch.Tensor:
+def pooled_sentences(encoder: nn.Module, texts: list[str]) -> torch.Tensor:
+    """Mean-pooled text-transformer embeddings (before ``text_proj``) of ``texts``."""
     from hica.encoders._common import encode_sentences
 
     return encode_sentences(encoder.tokenizer, encoder.text_model, texts, encoder.max_text_length)
@@ -377,7 +378,7 @@ def hierarchy_retrieval(encoder: nn.Module, corpus: TextCorpus) -> float:
     encoder.text_model.eval()
     emb = torch.cat(
         [
-            F.normalize(_pooled(encoder, [corpus.sentences[i] for i in idx[j : j + 128]]), dim=-1)
+            F.normalize(pooled_sentences(encoder, [corpus.sentences[i] for i in idx[j : j + 128]]), dim=-1)
             for j in range(0, len(idx), 128)
         ]
     )
@@ -409,8 +410,8 @@ def adapt_text_tower(
         for i in range(0, n, bs):
             idx = order[i : i + bs]
             texts = [corpus.sentences[j] for j in idx.tolist()]
-            a = F.normalize(_pooled(encoder, texts).float(), dim=-1)
-            b = F.normalize(_pooled(encoder, texts).float(), dim=-1)
+            a = F.normalize(pooled_sentences(encoder, texts).float(), dim=-1)
+            b = F.normalize(pooled_sentences(encoder, texts).float(), dim=-1)
             logits = a @ b.T / cfg.temperature
             g = groups[idx]
             same = (g[:, None] == g[None, :]) & (g[:, None] >= 0)
@@ -541,5 +542,4 @@ __all__ = [
     "kmeans_assign",
     "run_stage1",
     "train_image_tower",
-    "asdict",
 ]

@@ -36,7 +36,7 @@ from hica.alignment.augment import training_augment
 from hica.alignment.imagedata import input_spec
 from hica.alignment.losses import HierarchicalLoss
 from hica.alignment.roi import masks_to_token_weights, proposal_roi
-from hica.alignment.stage1 import fabric_precision, freeze_early
+from hica.alignment.stage1 import fabric_precision, freeze_early, pooled_sentences
 from hica.errors import HicaError
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
 from hica.methods.finetune import _freeze_bn
@@ -65,17 +65,12 @@ class TextBank(nn.Module):
                 f"HiCA stage 2 needs an encoder with a separate text transformer and text_proj head "
                 f"(like 'default'); {getattr(encoder, 'name', '?')!r} has none"
             )
-        from hica.encoders._common import encode_sentences
-
         prompts = [descriptors.class_prompts(c, "ensemble") for c in classes]
         attrs = [descriptors.attribute_prompts(c) for c in classes]
         flat = [p for ps in prompts for p in ps] + [a for as_ in attrs for a in as_]
         with torch.no_grad():
             pooled = torch.cat(
-                [
-                    encode_sentences(encoder.tokenizer, encoder.text_model, flat[i : i + 64], 128).float()
-                    for i in range(0, len(flat), 64)
-                ]
+                [pooled_sentences(encoder, flat[i : i + 64]).float() for i in range(0, len(flat), 64)]
             ).cpu()
         n_p = sum(len(p) for p in prompts)
         self.register_buffer("prompt_pooled", pooled[:n_p])
