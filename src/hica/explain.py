@@ -58,8 +58,7 @@ def explain_image(
     g = F.normalize(feats.global_.float(), dim=-1)
     tok = F.normalize(feats.local.float()[0], dim=-1)  # (N, D)
     t = predictor.text_protos.float()
-    sim = predictor.alpha * g @ t.T + (1 - predictor.alpha) * g @ predictor.image_protos.float().T
-    probs = (sim / predictor.temperature).softmax(-1)[0].cpu().numpy()
+    probs = predictor.probs_from_embeddings(g)[0].numpy()
     h, w = feats.grid
     maps = (tok @ t.T).T.reshape(len(predictor.classes), h, w)  # (C, h, w)
     lo, hi = maps.min(), maps.max()

@@ -84,28 +84,38 @@ class Predictor:
 
         with autocast(self.device, self.precision):
             f = self.encoder.encode_image(images.to(self.device)).global_
-        f = F.normalize(f.float(), dim=-1)
-        sim = self.alpha * f @ self.text_protos.T + (1 - self.alpha) * f @ self.image_protos.T
-        return (sim / self.temperature).softmax(-1).cpu()
+        return self.probs_from_embeddings(F.normalize(f.float(), dim=-1))
+
+    def probs_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
+        """(N, D) normalised image embeddings → (N, C) class probabilities on CPU."""
+        from hica.methods.hica import blend_logits
+
+        logits = blend_logits(emb, self.text_protos, self.image_protos, self.alpha, self.temperature)
+        return logits.softmax(-1).cpu()
 
     @torch.no_grad()
-    def predict(self, paths: Sequence[Path], batch_size: int = 32, skip_bad: bool = False):
-        """(kept paths, (N, C) probabilities, skipped paths)."""
+    def predict_samples(self, samples: Sequence[Sample], batch_size: int = 32, skip_bad: bool = False):
+        """(kept samples, (N, C) probabilities, skipped samples); unreadable images raise unless skip_bad."""
         kept, skipped, probs = [], [], []
-        for i in range(0, len(paths), batch_size):
+        for i in range(0, len(samples), batch_size):
             xs = []
-            for p in paths[i : i + batch_size]:
+            for s in samples[i : i + batch_size]:
                 try:
-                    xs.append(self.encoder.preprocess(load_image(Sample(id=str(p), label=-1, path=p))))
-                    kept.append(p)
+                    xs.append(self.encoder.preprocess(load_image(s)))
+                    kept.append(s)
                 except HicaError:
                     if not skip_bad:
                         raise
-                    skipped.append(p)
-            if not xs:
-                continue
-            probs.append(self.probs_of(torch.stack(xs)))
+                    skipped.append(s)
+            if xs:
+                probs.append(self.probs_of(torch.stack(xs)))
         return kept, (torch.cat(probs) if probs else torch.zeros(0, len(self.classes))), skipped
+
+    def predict(self, paths: Sequence[Path], batch_size: int = 32, skip_bad: bool = False):
+        """(kept paths, (N, C) probabilities, skipped paths)."""
+        samples = [Sample(id=str(p), label=-1, path=Path(p)) for p in paths]
+        kept, probs, skipped = self.predict_samples(samples, batch_size, skip_bad)
+        return [s.path for s in kept], probs, [s.path for s in skipped]
 
 
 def predictions_csv(paths: Sequence[Path], probs: torch.Tensor, classes: list[str]) -> str:
@@ -137,23 +147,9 @@ def evaluate(
             f"{dataset.name} has {dataset.classes}; evaluate it on data with the same classes (in the same "
             "order), or use `hica predict --zero-shot --descriptors` for other classes"
         )
-    samples = dataset.split(split)
-    probs, labels = [], []
-    for i in range(0, len(samples), 64):
-        chunk = samples[i : i + 64]
-        xs, ys = [], []
-        for s in chunk:
-            try:
-                xs.append(predictor.encoder.preprocess(load_image(s)))
-                ys.append(s.label)
-            except HicaError:
-                if not skip_bad:
-                    raise
-        if xs:
-            probs.append(predictor.probs_of(torch.stack(xs)))
-            labels += ys
-    p = torch.cat(probs).numpy()
-    y = np.array(labels)
+    kept, probs, _ = predictor.predict_samples(dataset.split(split), 64, skip_bad)
+    p = probs.numpy()
+    y = np.array([s.label for s in kept])
     return {
         "dataset": dataset.name,
         "split": split,

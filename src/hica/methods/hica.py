@@ -45,6 +45,13 @@ from hica.runtime import autocast
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
 
+def blend_logits(
+    emb: torch.Tensor, text_protos: torch.Tensor, image_protos: torch.Tensor, alpha: float, temperature: float
+) -> torch.Tensor:
+    """HiCA's classifier: ``(α·cos(f, t_c) + (1 − α)·cos(f, μ_c)) / τ`` for normalised ``emb`` (N, D)."""
+    return (alpha * emb @ text_protos.T + (1 - alpha) * emb @ image_protos.T) / temperature
+
+
 def modality_of(text: str) -> str:
     """Augmentation family from a descriptor file's free-text ``modality``."""
     t = text.lower()
@@ -366,8 +373,7 @@ class HiCA(ImageMethod):
         return F.normalize(torch.stack([emb[labels.to(emb.device) == k].mean(0) for k in range(c)]), dim=-1)
 
     def _logits(self, emb: torch.Tensor, alpha: float) -> torch.Tensor:
-        sim = alpha * emb @ self.text_protos.T + (1 - alpha) * emb @ self.image_protos.T
-        return sim / self.hparams["temperature"]
+        return blend_logits(emb, self.text_protos, self.image_protos, alpha, self.hparams["temperature"])
 
     def predict_proba(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         return self._logits(self._embed(images, batch_size), self.alpha).softmax(-1).cpu()
