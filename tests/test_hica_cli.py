@@ -159,3 +159,72 @@ def test_evaluate_scores_a_split_and_refuses_other_classes(
     assert sum(map(sum, m["confusion"])) == 155
     res = CliRunner().invoke(app, [*args, "--dataset", "breastmnist"])
     assert isinstance(res.exception, HicaError) and "trained for classes" in str(res.exception)
+
+
+def test_analyze_efficiency_end_to_end(finetuned: Path, data_root: Path, tmp_path: Path) -> None:
+    """`hica analyze efficiency` on the tiny model: parameter counts add up, the committed-run readers parse
+    /usr/bin/time -v output, inference runs in a fresh process, and a missing GPU is said, not hidden."""
+    import json
+
+    from hica.analysis.efficiency import _time_v
+
+    s2 = _write(
+        tmp_path / "s2.yaml",
+        {"encoder": {"name": "default", "args": {"image_size": 64}}, "dataset": "busi",
+         "method_args": {"freeze_stages": 0}},
+    )  # fmt: skip
+    s1 = _write(
+        tmp_path / "s1.yaml",
+        {"dataset": "busi", "image": {"freeze_stages": 3}, "text": {"train_layers": 1}},
+    )
+    run = tmp_path / "timed"
+    run.mkdir()
+    (run / "summary.json").write_text(json.dumps({"fit_seconds": 12.5, "machine": {"cpu": "x"}}))
+    (run / "time.txt").write_text(
+        "\tElapsed (wall clock) time (h:mm:ss or m:ss): 1:02:03.5\n"
+        "\tMaximum resident set size (kbytes): 2048\n"
+    )
+    img = next((data_root / "busi" / "Dataset_BUSI_with_GT" / "benign").glob("benign (1).png"))
+    cfg = _write(
+        tmp_path / "eff.yaml",
+        {
+            "encoder": {"name": "default", "args": {"image_size": 64}},
+            "stage1_configs": [str(s1)],
+            "stage2_configs": [str(s2)],
+            "models": [{"name": "tiny", "checkpoint": str(finetuned / "model"), "image": str(img)}],
+            "training_runs": [{"stage": "2", "name": "tiny", "path": str(run)}],
+            "devices": ["cpu", "cuda"],
+            "precision": "fp32",
+            "warmup": 1,
+            "repeats": 3,
+            "batch_size": 4,
+            "rounds": 1,
+        },
+    )
+    out = tmp_path / "eff"
+    res = CliRunner().invoke(app, ["analyze", "efficiency", "--config", str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    m = json.loads((out / "metrics.json").read_text())
+    p = m["parameters"]
+    assert p["total"] == p["image_tower"] + p["text_tower"] and p["text_projection"] < p["text_tower"]
+    st1, st2 = p["stages"]
+    assert st2["trainable_image"] == p["image_tower"]  # freeze_stages 0 trains the whole image tower
+    assert 0 < st1["trainable_image"] < p["image_tower"] and 0 < st1["trainable_text"] < p["text_tower"]
+    assert st2["trainable_text"] == p["text_projection"]
+    t = m["training"][0]
+    assert t["train_seconds"] == 12.5 and t["command_wall_seconds"] == 3723.5 and t["peak_rss_mb"] == 2.0
+    inf = m["inference"]
+    assert [r["device"] for r in inf] == ["cpu"] or len(inf) == 2
+    assert inf[0]["latency_ms_batch1_model"] > 0 and inf[0]["throughput_img_per_s"] > 0
+    assert inf[0]["peak_rss_mb"] > 100
+    if len(inf) == 1:
+        assert m["skipped"] == ["cuda: no GPU on this machine"]
+        assert "no GPU on this machine" in (out / "results.md").read_text()
+    assert _time_v(tmp_path / "absent.txt") == {}
+
+    bad = _write(tmp_path / "bad.yaml", {"models": [{"name": "x", "checkpoint": "nope", "image": str(img)}]})
+    res = CliRunner().invoke(
+        app, ["analyze", "efficiency", "--config", str(bad), "--out", str(tmp_path / "b")]
+    )
+    assert res.exit_code != 0 and isinstance(res.exception, HicaError)
+    assert "models[x].checkpoint: nope not found" in str(res.exception)

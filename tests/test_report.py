@@ -184,3 +184,108 @@ def test_report_on_committed_baselines(tmp_path: Path) -> None:
     for p in res["figures"]:
         _check_png(p)
     assert "http" not in (tmp_path / "r" / "report.html").read_text()
+
+
+def _robustness_dir(root: Path) -> Path:
+    """A robustness output built with the analysis's own summary/markdown code from synthetic records."""
+    from hica.analysis.robustness import RobustnessConfig, markdown, summarize
+
+    cfg = RobustnessConfig(
+        name="toy-robust",
+        dataset="toy",
+        k=4,
+        seeds=[1, 2],
+        descriptor_noise={"methods": ["hica", "zeroshot"], "p": [0, 0.5]},
+        corruptions={"methods": ["hica", "prototype"], "names": ["jpeg", "contrast"], "severities": [1, 3]},
+    )
+    recs = []
+    for s in (1, 2):
+        for m in ("hica", "zeroshot"):
+            for p in (0, 0.5):
+                acc = 0.8 - 0.2 * p - (0.3 if m == "zeroshot" else 0) + 0.01 * s
+                recs.append(
+                    {
+                        "part": "noise",
+                        "method": m,
+                        "seed": s,
+                        "p": p,
+                        "metrics": {"accuracy": acc, "auc": acc},
+                    }
+                )
+        for m in ("hica", "prototype"):
+            recs.append(
+                {
+                    "part": "corruption",
+                    "method": m,
+                    "seed": s,
+                    "corruption": "clean",
+                    "severity": 0,
+                    "metrics": {"accuracy": 0.8},
+                }
+            )
+            for c in ("jpeg", "contrast"):
+                for sev in (1, 3):
+                    recs.append(
+                        {
+                            "part": "corruption",
+                            "method": m,
+                            "seed": s,
+                            "corruption": c,
+                            "severity": sev,
+                            "metrics": {"accuracy": 0.8 - 0.05 * sev - (0.1 if m == "prototype" else 0)},
+                        }
+                    )
+    summary = summarize(recs, cfg)
+    res = {
+        "analysis": "robustness",
+        "name": "toy-robust",
+        "dataset": "toy",
+        "k": 4,
+        "seeds": [1, 2],
+        "n_test": 20,
+        "n_corruption_images": 20,
+        "majority_accuracy": 0.5,
+        "corruption_majority_accuracy": 0.5,
+        "summary": summary,
+        "wall_seconds": 3.0,
+        "records": recs,
+    }
+    root.mkdir(parents=True)
+    (root / "metrics.json").write_text(json.dumps(res))
+    (root / "results.md").write_text(markdown(res, cfg))
+    assert summary["corruptions"]["hica"]["relative"]["mean"] == pytest.approx((0.75 + 0.65) / 2 / 0.8)
+    assert summary["corruptions"]["prototype"]["per_severity"]["3"]["mean"] == pytest.approx(0.55)
+    return root
+
+
+def test_report_with_analyses(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run")
+    rob = _robustness_dir(tmp_path / "rob")
+    loc = tmp_path / "loc"
+    loc.mkdir()
+    (loc / "metrics.json").write_text(
+        json.dumps({"analysis": "localization", "name": "toy-loc", "dataset": "toy"})
+    )
+    (loc / "table.md").write_text(
+        "# Localization\n\n## Scores\n\n| method | hit |\n|---|---|\n| hica | 0.9 |\n"
+    )
+    Image.new("RGB", (640, 320), "white").save(loc / "gallery.png")
+    out = tmp_path / "report"
+    res = build_report([run, rob, loc], out)
+    md = (out / "report.md").read_text()
+    names = sorted(p.name for p in res["figures"])
+    assert "robustness_toy-robust_noise.png" in names and "robustness_toy-robust_corruptions.png" in names
+    assert "localization_toy-loc_gallery.png" in names
+    for p in res["figures"]:
+        _check_png(p)
+        assert f"]({p.relative_to(out).as_posix()})" in md
+    assert "## Robustness: toy" in md and "### Noisy descriptors" in md and "### Image corruptions" in md
+    assert "## Interpretability: heatmaps against lesion masks: toy" in md and "### Scores" in md
+    assert "| hica | 0.9 |" in md and "# Localization" not in md  # the analysis's H1 is dropped
+    assert f"hica analyze robustness --config {rob / 'config.resolved.yaml'} --out {rob}" in md
+    assert f"hica report {run} {rob} {loc} --out {out}" in md
+    page = (out / "report.html").read_text()
+    assert page.count('src="data:image/png;base64,') == len(res["figures"])
+    # an analysis alone is a valid report too
+    alone = build_report([rob], tmp_path / "alone")
+    assert len(alone["figures"]) == 2

@@ -356,7 +356,8 @@ def explain(
 @app.command()
 def report(
     run_dirs: Annotated[
-        list[Path], typer.Argument(help="Output directories of `hica benchmark` (with metrics.json).")
+        list[Path],
+        typer.Argument(help="Output directories of `hica benchmark` or `hica analyze` (with metrics.json)."),
     ],
     out: Annotated[
         Path, typer.Option("--out", help="Folder for report.md, report.html and figures/.")
@@ -382,7 +383,8 @@ def report(
         ),
     ] = None,
 ) -> None:
-    """Markdown + self-contained HTML report with plots (few-shot curves, ablations, confusion) from runs."""
+    """Markdown + self-contained HTML report with plots (few-shot curves, ablations, confusion matrices;
+    robustness curves and heatmap galleries of analyses) from run directories."""
     from hica.report.build import build_report, parse_order, parse_renames
 
     res = build_report(run_dirs, out, parse_renames(rename), parse_order(order), confusion_method)
@@ -448,6 +450,65 @@ def bench_table(
     if result:
         write_json(result, res)
     console.print_json(data=res)
+
+
+analyze_app = typer.Typer(
+    help="The analyses the method is judged by (robustness, unseen classes, localization, efficiency).",
+    no_args_is_help=True,
+)
+app.add_typer(analyze_app, name="analyze")
+AnalysisConfig = Annotated[Path, typer.Option("--config", help="Analysis YAML (see configs/analysis/).")]
+
+
+def _analyze(kind: str, config: Path, out: Path | None, overrides: dict, **run_kw: Any) -> None:
+    """Load ``hica.analysis.<kind>``'s config, run it, print its Markdown table and what was written."""
+    import importlib
+
+    mod = importlib.import_module(f"hica.analysis.{kind}")
+    cfg = getattr(mod, f"load_{kind}_config")(config, overrides)
+    out = out or Path("runs") / cfg.name
+    getattr(mod, f"run_{kind}")(cfg, out, **run_kw)
+    table = next(out / n for n in ("results.md", "table.md") if (out / n).is_file())
+    typer.echo(table.read_text())
+    written = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()))
+    console.print(f"[green]wrote[/green] {out}/ ({written})")
+
+
+def _add_analysis(kind: str, doc: str) -> None:
+    """Register ``hica analyze <kind>`` for an analysis that takes device / precision and resumes."""
+
+    def command(
+        config: AnalysisConfig,
+        out: Out = None,
+        data_root: DataRoot = None,
+        device: DeviceOverride = None,
+        precision: PrecisionOverride = None,
+        resume: Resume = True,
+    ) -> None:
+        over = {"data_root": data_root, "device": device, "precision": precision}
+        _analyze(kind, config, out, over, resume=resume)
+
+    command.__doc__ = doc
+    analyze_app.command(kind)(command)
+
+
+_add_analysis(
+    "robustness",
+    "Accuracy under noisy descriptors (fraction p) and image corruptions (severities 1-5), per method.",
+)
+_add_analysis(
+    "unseen", "Hold classes out of HiCA stage 2, then classify all classes zero-shot from their descriptors."
+)
+_add_analysis(
+    "localization",
+    "Score HiCA's region–text maps and the fine-tuned baseline's Grad-CAM against lesion masks.",
+)
+
+
+@analyze_app.command("efficiency")
+def analyze_efficiency(config: AnalysisConfig, out: Out = None, data_root: DataRoot = None) -> None:
+    """Parameters per stage, training time and memory, inference latency and throughput (CPU; GPU if any)."""
+    _analyze("efficiency", config, out, {"data_root": data_root})
 
 
 def _dataset_spec(dataset: str, download: bool) -> str | dict[str, Any]:

@@ -15,6 +15,13 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def distinct_seeds(v: list[int]) -> list[int]:
+    """A reusable validator: seeds are distinct integers >= 0, at least one."""
+    if not v or any(s < 0 for s in v) or len(set(v)) != len(v):
+        raise ValueError(f"seeds must be distinct integers >= 0 (at least one), got {v}")
+    return v
+
+
 class EncoderConfig(_Strict):
     """Which encoder to build: a registry name and its keyword arguments."""
 

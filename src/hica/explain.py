@@ -4,7 +4,8 @@ For an image, the aligned encoder gives local tokens z_n on its grid (7×7 for E
 px). A class's map is cos(z_n, t_c) with its class-text prototype t_c; the ROI of a class is the top 20% of
 its map, and the attribute phrases whose embeddings are nearest the ROI-pooled embedding are listed as that
 class's evidence. Maps are min–max scaled per image across classes (so class maps are comparable) and
-upsampled bilinearly to the image.
+upsampled bilinearly to the image. :func:`class_maps` gives the raw maps of a batch (used by
+``hica.analysis.localization``).
 """
 
 from __future__ import annotations
@@ -35,6 +36,30 @@ class Explanation:
         return self.classes[int(self.probs.argmax())]
 
 
+def similarity_maps(local: torch.Tensor, grid: tuple[int, int], text_protos: torch.Tensor) -> torch.Tensor:
+    """Raw region–text cosine maps (B, C, h, w) from local tokens (B, N, D) and class prototypes (C, D)."""
+    tok = F.normalize(local.float(), dim=-1)
+    t = F.normalize(text_protos.float(), dim=-1)
+    h, w = grid
+    return (tok @ t.T).transpose(1, 2).reshape(len(tok), len(t), h, w)
+
+
+@torch.no_grad()
+def class_maps(encoder, text_protos: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Raw region–text cosine maps (B, C, h, w) of preprocessed images ``x`` on the encoder's token grid."""
+    feats = encoder.encode_image(x)
+    return similarity_maps(feats.local, feats.grid, text_protos.to(feats.local.device))
+
+
+def upsample_maps(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
+    """Bilinear upsampling of (B, h, w) or (B, C, h, w) grid maps to ``size`` (half-pixel centres)."""
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    x = maps.float()
+    if x.dim() == 3:
+        return F.interpolate(x[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
 @torch.no_grad()
 def explain_image(
     predictor, image_path: str | Path, descriptors: str | None = None, top: int = 3
@@ -60,11 +85,10 @@ def explain_image(
     t = predictor.text_protos.float()
     probs = predictor.probs_from_embeddings(g)[0].numpy()
     h, w = feats.grid
-    maps = (tok @ t.T).T.reshape(len(predictor.classes), h, w)  # (C, h, w)
+    maps = similarity_maps(feats.local[:1], feats.grid, t)[0]  # (C, h, w)
     lo, hi = maps.min(), maps.max()
     maps = (maps - lo) / (hi - lo).clamp_min(1e-8)
-    size = x.shape[-2:]
-    up = F.interpolate(maps[None], size=size, mode="bilinear", align_corners=False)[0].clamp(0, 1)
+    up = upsample_maps(maps[None], tuple(x.shape[-2:]))[0].clamp(0, 1)
     phrases = []
     for c, cls in enumerate(predictor.classes):
         raw = (

@@ -65,6 +65,45 @@ class Predictor:
         self.image_protos = protos["image_protos"].to(device)
         self.device, self.precision = device, precision
 
+    @classmethod
+    def from_parts(
+        cls,
+        encoder: Any,
+        classes: list[str],
+        text_protos: torch.Tensor,
+        image_protos: torch.Tensor,
+        alpha: float,
+        temperature: float,
+        device: torch.device,
+        precision: str,
+        name: str = "<in memory>",
+    ) -> Predictor:
+        """A predictor around an encoder and classifier already in memory (no checkpoint on disk)."""
+        self = cls.__new__(cls)
+        self.path = Path(name)
+        self.classes = list(classes)
+        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.meta = {}
+        self.encoder = encoder.to(device).eval()
+        self.text_protos, self.image_protos = text_protos.to(device), image_protos.to(device)
+        self.device, self.precision = device, precision
+        return self
+
+    @classmethod
+    def from_fitted(cls, method: Any, classes: list[str], device: torch.device, precision: str) -> Predictor:
+        """A fitted HiCA method (``methods.hica.HiCA``) as the predictor its exported checkpoint loads as."""
+        return cls.from_parts(
+            method.aligned_encoder(),
+            classes,
+            method.text_protos,
+            method.image_protos,
+            method.alpha,
+            method.hparams["temperature"],
+            device,
+            precision,
+            name=f"<fitted {method.name}>",
+        )
+
     def use_descriptors(self, name_or_path: str) -> None:
         """Zero-shot: class prototypes from a descriptor file's prompts (any class set), text only."""
         from hica.data.descriptors import load_descriptors

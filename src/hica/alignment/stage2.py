@@ -23,9 +23,7 @@ def export_classifier(method: Any, encoder_cfg: dict[str, Any], base_fp: Any, ou
     """Save a fitted HiCA method (``methods.hica.HiCA``) to ``out`` (see the module docstring)."""
     from hica.encoders.checkpoint import save_encoder
 
-    model = method.model
-    enc = model.encoder
-    enc.text_proj.load_state_dict(model.text.proj.state_dict())  # the aligned text head
+    enc = method.aligned_encoder(clone=False)
     save_encoder(
         enc,
         out,

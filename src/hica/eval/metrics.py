@@ -79,6 +79,40 @@ def _weighted_binary_auc(y: np.ndarray, score: np.ndarray, w: np.ndarray) -> np.
         return np.where(den > 0, num / den, np.nan)
 
 
+def bootstrap_draws(
+    labels: np.ndarray, probs: np.ndarray, w: np.ndarray, per_class: bool = False
+) -> dict[str, np.ndarray]:
+    """Each metric on every bootstrap resample, given as rows of multinomial image weights ``w`` (B, n).
+
+    Every metric is a weighted sum, so all resamples are computed at once. Keys: accuracy,
+    balanced_accuracy, macro_f1, auc; with ``per_class`` also ``recall/<c>`` and ``ovr_auc/<c>``.
+    """
+    labels = np.asarray(labels)
+    probs = _rows_sum_to_one(probs)  # as classification_metrics' AUC sees them
+    n, k = probs.shape
+    pred = probs.argmax(1)
+    out: dict[str, np.ndarray] = {"accuracy": (w @ (pred == labels).astype(float)) / n}
+    recalls, f1s, aucs = [], [], []
+    for c in range(k):
+        yc, pc = (labels == c).astype(float), (pred == c).astype(float)
+        tp, fp, fn = w @ (yc * pc), w @ ((1 - yc) * pc), w @ (yc * (1 - pc))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            recalls.append(np.where(w @ yc > 0, tp / (w @ yc), np.nan))
+            f1s.append(np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0))
+        if k > 2 or per_class:
+            aucs.append(_weighted_binary_auc(yc, probs[:, c], w))
+        if per_class:
+            out[f"recall/{c}"], out[f"ovr_auc/{c}"] = recalls[-1], aucs[-1]
+    with np.errstate(invalid="ignore"):
+        out["balanced_accuracy"] = np.nanmean(np.stack(recalls), axis=0)
+    out["macro_f1"] = np.mean(np.stack(f1s), axis=0)
+    if k == 2:
+        out["auc"] = _weighted_binary_auc(labels.astype(float), probs[:, 1], w)
+    else:
+        out["auc"] = np.mean(aucs, axis=0)  # NaN where a class is absent from the resample
+    return out
+
+
 def bootstrap_ci(
     labels: np.ndarray, probs: np.ndarray, n_boot: int = 1000, seed: int = 0, alpha: float = 0.05
 ) -> dict[str, tuple[float, float]]:
@@ -87,31 +121,10 @@ def bootstrap_ci(
     Each resample is a multinomial weight vector over the images, so every metric is a weighted sum.
     """
     labels = np.asarray(labels)
-    probs = _rows_sum_to_one(probs)  # as classification_metrics' AUC sees them
     rng = np.random.default_rng(seed)
-    n, k = probs.shape
+    n = len(labels)
     w = rng.multinomial(n, np.full(n, 1 / n), size=n_boot).astype(float)  # (B, n)
-    pred = probs.argmax(1)
-    correct = (pred == labels).astype(float)
-    recalls, f1s, aucs = [], [], []
-    for c in range(k):
-        yc, pc = (labels == c).astype(float), (pred == c).astype(float)
-        tp, fp, fn = w @ (yc * pc), w @ ((1 - yc) * pc), w @ (yc * (1 - pc))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            recalls.append(np.where(w @ yc > 0, tp / (w @ yc), np.nan))
-            f1s.append(np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0))
-        if k > 2:
-            aucs.append(_weighted_binary_auc(yc, probs[:, c], w))
-    if k == 2:
-        auc_draws = _weighted_binary_auc(labels.astype(float), probs[:, 1], w)
-    else:
-        auc_draws = np.mean(aucs, axis=0)  # NaN where a class is absent from the resample
-    draws = {
-        "accuracy": (w @ correct) / n,
-        "balanced_accuracy": np.nanmean(np.stack(recalls), axis=0),
-        "macro_f1": np.mean(np.stack(f1s), axis=0),
-        "auc": auc_draws,
-    }
+    draws = bootstrap_draws(labels, probs, w)
     out = {}
     for m, vals in draws.items():
         arr = vals[~np.isnan(vals)]

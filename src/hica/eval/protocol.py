@@ -164,50 +164,67 @@ class Benchmark:
         return desc
 
     # -- one run -------------------------------------------------------------------------------------------
+    def state(self, enc: DualEncoder, ds: Dataset) -> DatasetState:
+        """Class text, descriptors and the (cached) features of the scored split for one dataset."""
+        t0 = time.perf_counter()
+        text = self._class_text(enc, ds)
+        test = self.cache.get(
+            enc, ds, self.cfg.eval_split, skip_bad=self.cfg.skip_bad, progress=self.progress
+        )
+        self.timings[f"{ds.name}/encode_test"] = round(time.perf_counter() - t0, 2)
+        return DatasetState(
+            ds=ds,
+            text=text,
+            test=test,
+            descriptors=self._descriptors(ds) if text is not None else None,
+            by_id={s.id: s for sp in ds.splits.values() for s in sp},
+        )
+
+    def fit(self, enc: DualEncoder, st: DatasetState, method: str, seed: int, ep: Episode | None) -> Any:
+        """Fit ``method`` on episode ``ep`` (None: zero-shot) with the config's arguments; the fitted method.
+
+        Image-level methods get the episode's images (and text / masks when they use them); feature methods
+        get its cached, normalised features and ``st.text``."""
+        cls = self.registry[method]
+        args = self.cfg.method_args.get(method, {})
+        if getattr(cls, "image_level", False):
+            assert ep is not None
+            data = image_episode(enc, st.ds, ep, st.by_id, seed, cls, st.descriptors)
+            return cls(**args).fit(enc, data, self.device, self.precision)
+        if ep is None:  # zero-shot: no labelled image
+            d = st.test.global_.shape[1]
+            sup_x = val_x = torch.empty(0, d)
+            sup_y = val_y = torch.empty(0, dtype=torch.long)
+        else:
+            sup_f, val_f = (
+                self.cache.get(
+                    enc, st.ds, split, [st.by_id[i] for i in ids], skip_bad=self.cfg.skip_bad, progress=False
+                )
+                for split, ids in (("train", ep.support), ("val", ep.val))
+            )
+            sup_x, sup_y, val_x, val_y = sup_f.global_, sup_f.labels, val_f.global_, val_f.labels
+        data = FewShotData(
+            support=_norm(sup_x),
+            support_labels=sup_y,
+            val=_norm(val_x),
+            val_labels=val_y,
+            num_classes=len(st.ds.classes),
+            text=st.text,
+            seed=seed,
+        )
+        return cls(**args).fit(data)
+
     def _run_one(
         self, enc: DualEncoder, st: DatasetState, method: str, k: int, seed: int, ep: Episode | None
     ) -> dict[str, Any]:
-        cls = self.registry[method]
-        args = self.cfg.method_args.get(method, {})
-        n_classes = len(st.ds.classes)
         t0 = time.perf_counter()
-        if getattr(cls, "image_level", False):
-            assert ep is not None
+        m = self.fit(enc, st, method, seed, ep)
+        t_fit = time.perf_counter() - t0
+        if getattr(self.registry[method], "image_level", False):
             if st.test_images is None:
                 st.test_images = images_of(enc, [st.by_id[i] for i in st.test.ids])
-            data = image_episode(enc, st.ds, ep, st.by_id, seed, cls, st.descriptors)
-            m = cls(**args).fit(enc, data, self.device, self.precision)
-            t_fit = time.perf_counter() - t0
             probs = m.predict_proba(st.test_images)
         else:
-            if ep is None:  # zero-shot: no labelled image
-                d = st.test.global_.shape[1]
-                sup_x = val_x = torch.empty(0, d)
-                sup_y = val_y = torch.empty(0, dtype=torch.long)
-            else:
-                sup_f, val_f = (
-                    self.cache.get(
-                        enc,
-                        st.ds,
-                        split,
-                        [st.by_id[i] for i in ids],
-                        skip_bad=self.cfg.skip_bad,
-                        progress=False,
-                    )
-                    for split, ids in (("train", ep.support), ("val", ep.val))
-                )
-                sup_x, sup_y, val_x, val_y = sup_f.global_, sup_f.labels, val_f.global_, val_f.labels
-            data = FewShotData(
-                support=_norm(sup_x),
-                support_labels=sup_y,
-                val=_norm(val_x),
-                val_labels=val_y,
-                num_classes=n_classes,
-                text=st.text,
-                seed=seed,
-            )
-            m = cls(**args).fit(data)
-            t_fit = time.perf_counter() - t0
             probs = m.predict_proba(_norm(st.test.global_))
         probs = probs.float().cpu().numpy()
         labels = st.test.labels.numpy()
@@ -252,19 +269,7 @@ class Benchmark:
         records: list[dict[str, Any]] = []
         for spec in self.cfg.datasets:
             ds = load_dataset(spec, self.cfg.data_root, skip_bad=self.cfg.skip_bad)
-            t0 = time.perf_counter()
-            text = self._class_text(enc, ds)
-            test = self.cache.get(
-                enc, ds, self.cfg.eval_split, skip_bad=self.cfg.skip_bad, progress=self.progress
-            )
-            self.timings[f"{ds.name}/encode_test"] = round(time.perf_counter() - t0, 2)
-            st = DatasetState(
-                ds=ds,
-                text=text,
-                test=test,
-                descriptors=self._descriptors(ds) if text is not None else None,
-                by_id={s.id: s for sp in ds.splits.values() for s in sp},
-            )
+            st = self.state(enc, ds)
             grid: list[tuple[str, int, int, Episode | None]] = []
             for method in self.cfg.methods:
                 if self.registry[method].zero_shot:

@@ -332,12 +332,12 @@ class HiCA(ImageMethod):
         self.model = model
 
         # Prototypes from the trained encoder, α on the validation shots.
-        self.image_protos = self._protos(self._embed(data.support), data.support_labels, data.num_classes)
+        self.image_protos = self._protos(self.embed(data.support), data.support_labels, data.num_classes)
         self.text_protos = model.text.class_protos().detach()
-        val = self._embed(data.val)
+        val = self.embed(data.val)
         best = None
         for a in ALPHAS:
-            logits = self._logits(val, a)
+            logits = self.logits(val, a)
             acc = float((logits.argmax(1) == data.val_labels.to(logits.device)).float().mean())
             nll = float(F.cross_entropy(logits, data.val_labels.to(logits.device)))
             key = (acc, -nll, a)
@@ -357,9 +357,19 @@ class HiCA(ImageMethod):
 
     run_dir: Path | None = None  # set by `hica finetune` for a resumable, checkpointed run
 
+    def aligned_encoder(self, clone: bool = True) -> Any:
+        """The aligned encoder with the trained text head folded into its ``text_proj`` (what ``hica
+        finetune`` exports); a deep copy unless ``clone`` is False."""
+        if self.model is None:
+            raise HicaError(f"method {self.name}: fit it before asking for its encoder")
+        enc = copy.deepcopy(self.model.encoder) if clone else self.model.encoder
+        enc.text_proj.load_state_dict(self.model.text.proj.state_dict())
+        return enc
+
     # -- predict --------------------------------------------------------------------------------------------
     @torch.no_grad()
-    def _embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+        """(N, 3, H, W) preprocessed images → (N, D) normalised embeddings of the aligned image tower."""
         assert self.model is not None
         out = []
         for i in range(0, len(images), batch_size):
@@ -372,11 +382,12 @@ class HiCA(ImageMethod):
     def _protos(emb: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:
         return F.normalize(torch.stack([emb[labels.to(emb.device) == k].mean(0) for k in range(c)]), dim=-1)
 
-    def _logits(self, emb: torch.Tensor, alpha: float) -> torch.Tensor:
+    def logits(self, emb: torch.Tensor, alpha: float) -> torch.Tensor:
+        """HiCA's classifier logits of normalised embeddings for blend weight ``alpha``."""
         return blend_logits(emb, self.text_protos, self.image_protos, alpha, self.hparams["temperature"])
 
     def predict_proba(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
-        return self._logits(self._embed(images, batch_size), self.alpha).softmax(-1).cpu()
+        return self.logits(self.embed(images, batch_size), self.alpha).softmax(-1).cpu()
 
 
 def _variant(name: str, doc: str, **overrides: Any) -> type:

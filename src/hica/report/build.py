@@ -235,15 +235,22 @@ def build_report(
     two runs); ``order`` puts those methods first in tables and legends. Returns the written paths,
     the datasets, the method order and the method shown in each confusion matrix.
     """
+    from hica.report.analyses import read_analysis, section
+
     run_dirs = list(run_dirs)
     if not run_dirs:
-        raise HicaError("no RUN_DIR given: pass one or more output directories of `hica benchmark`")
-    runs = [load_run(d) for d in run_dirs]
+        raise HicaError(
+            "no RUN_DIR given: pass one or more output directories of `hica benchmark` or `hica analyze`"
+        )
+    found = {str(d): read_analysis(d) for d in run_dirs}
+    analyses = [a for a in found.values() if a is not None]
+    runs = [load_run(d) for d in run_dirs if found[str(d)] is None]
     order = list(order or [])
     _apply_renames(runs, renames or {})
     _check_unique(runs)
     methods = _method_order(runs, order)
-    styles = plots.style_map(methods)
+    extra = [m for a in analyses for m in a.methods if m not in methods]
+    styles = plots.style_map(methods + list(dict.fromkeys(extra)))
     summary = [row for r in runs for row in r.summary]
     records = [rec for r in runs for rec in r.records]
     out = Path(out_dir)
@@ -253,11 +260,19 @@ def build_report(
 
     md = [f"# {TITLE}\n"]
     md.append(
-        f"Built by `hica report` from {len(runs)} run director{'y' if len(runs) == 1 else 'ies'}. "
+        f"Built by `hica report` from {len(run_dirs)} run director{'y' if len(run_dirs) == 1 else 'ies'}. "
         "All numbers are on each dataset's test split: mean ± std over seeds (zero-shot methods "
         "need no training images and run once, shown as K = 0). The best mean of each column is in bold. "
         "Methods named `hica*` are HiCA and its ablations; the others are baselines.\n"
     )
+    if any(row["k"] == 0 for row in summary):
+        md.append(
+            "Zero-shot honesty: the `K = 0` rows classify from text alone. On an encoder whose image and "
+            "text towers were never trained together (the embedded default: EfficientNet-Lite0 + MiniLM with "
+            "untrained projection heads) they sit at or below chance; they are shown as a floor, not as a "
+            "method result. Zero-shot becomes meaningful after alignment on other classes or data (see an "
+            "unseen-categories analysis) or with an already aligned encoder (open_clip / HF CLIP).\n"
+        )
     md.append("## Runs\n")
     md.append("| run directory | config name | datasets | methods | K | seeds | wall time |")
     md.append("|---|---|---|---|---|---|---:|")
@@ -270,8 +285,16 @@ def build_report(
             f"{', '.join(r.methods)} | {', '.join(map(str, ks))} | {', '.join(map(str, seeds)) or '–'} | "
             f"{f'{wall:.1f} s' if isinstance(wall, int | float) else '–'} |"
         )
+    if analyses:
+        md.append("\nAnalyses (`hica analyze`), each with its own section below:\n")
+        md += [f"- `{a.dir}`: {a.kind} (`{a.data.get('name', '')}`)" for a in analyses]
     md.append("\nMachines:\n")
     md += [f"- `{r.dir}`: {_machine(r.env)}" for r in runs]
+    for a in analyses:
+        env = a.data.get("machine")
+        if env is None and (a.dir / "environment.json").is_file():
+            env = json.loads((a.dir / "environment.json").read_text(encoding="utf-8"))
+        md.append(f"- `{a.dir}`: {_machine(env)}")
     renamed = [(r, old, new) for r in runs for old, new in r.renamed.items()]
     if renamed:
         md.append("\nRenamed methods:\n")
@@ -361,6 +384,11 @@ def build_report(
                     "count.*\n"
                 )
 
+    for a in analyses:
+        lines, figs, fig_no = section(a, out, styles, fig_no)
+        md += lines
+        figures += figs
+
     md.append("## How to reproduce\n")
     md.append(
         "Each run directory keeps the exact resolved config it ran with (`config.resolved.yaml`). "
@@ -373,7 +401,11 @@ def build_report(
         src = _find_config(r.name)
         note = f"  # config name: {r.name}" + (f" (from {src})" if src else "")
         md.append(f"hica benchmark --config {r.dir / 'config.resolved.yaml'} --out {r.dir}{note}")
-    md.append(_report_command(runs, out, order, confusion_method))
+    for a in analyses:
+        src = _find_config(str(a.data.get("name", "")))
+        cfg = src or (a.dir / "config.resolved.yaml").as_posix()
+        md.append(f"hica analyze {a.kind} --config {cfg} --out {a.dir}")
+    md.append(_report_command([Path(d) for d in run_dirs], out, runs, order, confusion_method))
     md.append("```\n")
 
     text = "\n".join(md)
@@ -391,8 +423,10 @@ def build_report(
     }
 
 
-def _report_command(runs: list[Run], out: Path, order: list[str], confusion_method: str | None) -> str:
-    parts = ["hica report", *(str(r.dir) for r in runs), f"--out {out}"]
+def _report_command(
+    dirs: list[Path], out: Path, runs: list[Run], order: list[str], confusion_method: str | None
+) -> str:
+    parts = ["hica report", *(str(d) for d in dirs), f"--out {out}"]
     parts += [f"--rename '{r.dir}:{old}={new}'" for r in runs for old, new in r.renamed.items()]
     if order:
         parts.append(f"--order {','.join(order)}")

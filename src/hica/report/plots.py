@@ -280,3 +280,99 @@ def confusion_matrix_plot(
     cbar = fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
     cbar.set_label("fraction of the true class (row-normalised)")
     return _save(fig, path)
+
+
+def _ms_arrays(cells: list[dict[str, float] | None]) -> tuple[np.ndarray, np.ndarray]:
+    mu = np.array([c["mean"] if c else np.nan for c in cells], dtype=float)
+    sd = np.array([c["std"] if c else 0.0 for c in cells], dtype=float)
+    return mu, sd
+
+
+def _draw(ax: Any, x: np.ndarray, mu: np.ndarray, sd: np.ndarray, st: Style, label: str) -> Any:
+    (h,) = ax.plot(x, mu, label=label, **st.line)
+    ax.fill_between(x, mu - sd, mu + sd, color=st.color, alpha=0.13 if st.hica else 0.08, lw=0, zorder=2)
+    return h
+
+
+def _finish(fig: Any, handles: dict[str, Any], title: str, path: Path) -> Path:
+    fig.suptitle(title)
+    fig.legend(
+        list(handles.values()), list(handles), loc="outside lower center", ncol=min(len(handles), 6),
+        fontsize=9, frameon=False,
+    )  # fmt: skip
+    return _save(fig, path)
+
+
+def noise_curves(
+    noise: dict[str, dict[str, Any]],
+    styles: dict[str, Style],
+    path: Path,
+    title: str,
+    reference: tuple[float, str] | None = None,
+) -> Path:
+    """Accuracy and AUC against the fraction p of corrupted descriptor phrases, one line per method
+    (mean over seeds, shaded ± std)."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(12.4, 4.6), layout="constrained")
+    handles: dict[str, Any] = {}
+    for ax, metric in zip(axes, ("accuracy", "auc"), strict=True):
+        for m, by_p in noise.items():
+            ps = sorted(by_p, key=float)
+            x = np.array([float(p) for p in ps])
+            mu, sd = _ms_arrays([by_p[p].get(metric) for p in ps])
+            if not np.all(np.isnan(mu)):
+                handles.setdefault(m, _draw(ax, x, mu, sd, styles[m], m))
+        if metric == "accuracy" and reference:
+            h = ax.axhline(reference[0], color="black", ls="-.", lw=1.0, zorder=1, label=reference[1])
+            handles.setdefault(reference[1], h)
+        if metric == "auc":
+            h = ax.axhline(0.5, color="grey", ls=":", lw=1.0, zorder=1, label="chance AUC (0.5)")
+            handles.setdefault("chance AUC (0.5)", h)
+        ax.set_xlabel("p: fraction of descriptor phrases corrupted")
+        ax.set_ylabel(_METRIC_LABEL[metric])
+        ax.set_title(_METRIC_TITLE[metric])
+        ax.set_xticks(sorted({float(p) for v in noise.values() for p in v}))
+        ax.grid(True, alpha=0.35)
+        lo, hi = ax.get_ylim()
+        ax.set_ylim(max(lo, 0.0), min(hi, 1.0))
+    return _finish(fig, handles, title, path)
+
+
+def corruption_curves(
+    corr: dict[str, dict[str, Any]],
+    styles: dict[str, Style],
+    path: Path,
+    title: str,
+    reference: tuple[float, str] | None = None,
+) -> Path:
+    """Accuracy against corruption severity (0 = clean): the mean over all corruptions, then one panel per
+    corruption; one line per method (mean over seeds, shaded ± std)."""
+    plt = _plt()
+    names = sorted({c for v in corr.values() for c in v["per_corruption"]})
+    panels = ["mean over all corruptions", *names]
+    ncol = 4
+    nrow = math.ceil(len(panels) / ncol)
+    fig, axes = plt.subplots(
+        nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), layout="constrained", sharey=True, squeeze=False
+    )
+    handles: dict[str, Any] = {}
+    for ax, panel in zip(axes.flat, panels, strict=False):
+        for m, v in corr.items():
+            series = v["per_severity"] if panel == panels[0] else v["per_corruption"].get(panel, {})
+            sevs = sorted(series, key=int)
+            x = np.array([0, *map(int, sevs)], dtype=float)
+            mu, sd = _ms_arrays([v["clean_accuracy"], *(series[s] for s in sevs)])
+            handles.setdefault(m, _draw(ax, x, mu, sd, styles[m], m))
+        if reference:
+            h = ax.axhline(reference[0], color="black", ls="-.", lw=1.0, zorder=1, label=reference[1])
+            handles.setdefault(reference[1], h)
+        ax.set_title(panel.replace("_", " "), fontsize=10, fontweight="bold" if panel == panels[0] else None)
+        ax.set_xticks(range(6), ["clean", "1", "2", "3", "4", "5"])
+        ax.grid(True, alpha=0.35)
+    for ax in axes.flat[len(panels) :]:
+        ax.set_visible(False)
+    for ax in axes[:, 0]:
+        ax.set_ylabel("test accuracy")
+    for ax in axes[-1, :]:
+        ax.set_xlabel("corruption severity")
+    return _finish(fig, handles, title, path)

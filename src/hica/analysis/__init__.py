@@ -1,0 +1,1 @@
+"""Analyses the method is judged by: robustness, unseen categories, localization, efficiency."""
