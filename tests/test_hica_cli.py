@@ -159,6 +159,48 @@ def test_evaluate_scores_a_split_and_refuses_other_classes(
     assert sum(map(sum, m["confusion"])) == 155
     res = CliRunner().invoke(app, [*args, "--dataset", "breastmnist"])
     assert isinstance(res.exception, HicaError) and "trained for classes" in str(res.exception)
+    assert "--merge" in str(res.exception)
+    # Merged classes: the 3-class BUSI model scored as BreastMNIST's malignant vs benign_or_normal.
+    merge = ["--merge", "benign_or_normal=benign+normal"]
+    res = CliRunner().invoke(app, [*args, "--dataset", "breastmnist", *merge, "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    m = json.loads(out.read_text())
+    assert m["classes"] == ["malignant", "benign_or_normal"] and m["n"] == 156
+    assert m["merged"] == {"benign_or_normal": ["benign", "normal"]} and sum(map(sum, m["confusion"])) == 156
+    # ... and BUSI itself with its labels merged the same way (the full-resolution side of that comparison)
+    res = CliRunner().invoke(app, [*args, "--dataset", "busi", "--split", "val", *merge, "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    m = json.loads(out.read_text())
+    assert m["classes"] == ["benign_or_normal", "malignant"] and m["n"] == 155
+    assert [sum(r) for r in m["confusion"]] == [87 + 26, 42]  # true benign + normal, true malignant
+    for bad, needle in (
+        ("benign_or_normal=benign+cyst", "nor the data has"),
+        ("benign_or_normal=benign", "do not map onto"),
+        ("oops", "NEW=CLASS+CLASS"),
+    ):
+        res = CliRunner().invoke(app, [*args, "--dataset", "breastmnist", "--merge", bad])
+        assert isinstance(res.exception, HicaError) and needle in str(res.exception), bad
+
+
+def test_merge_matrix_sums_and_reorders() -> None:
+    import torch
+
+    from hica.predict import merge_matrix
+
+    m = merge_matrix(
+        ["benign", "malignant", "normal"], {"other": ["benign", "normal"]}, ["malignant", "other"], "x"
+    )
+    assert m.tolist() == [[0, 1], [1, 0], [0, 1]]
+    probs = torch.tensor([[0.2, 0.5, 0.3]])
+    assert (probs @ m).tolist() == [[0.5, 0.5]]
+    # same classes in another order are matched by name
+    assert merge_matrix(["a", "b"], {}, ["b", "a"], "x").tolist() == [[0, 1], [1, 0]]
+    with pytest.raises(HicaError, match="twice"):
+        merge_matrix(["a", "b", "c"], {"x": ["a", "b"], "y": ["b", "c"]}, ["x", "y"], "x")
+    # a 2-class model on 3-class data whose labels are merged: the merge names only data classes
+    two = merge_matrix(["malignant", "other"], {"other": ["benign", "normal"]}, ["other", "malignant"], "x",
+                       ["benign", "malignant", "normal"])  # fmt: skip
+    assert two.tolist() == [[0, 1], [1, 0]]
 
 
 def test_analyze_efficiency_end_to_end(finetuned: Path, data_root: Path, tmp_path: Path) -> None:

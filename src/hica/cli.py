@@ -311,19 +311,29 @@ def evaluate(
     out: Annotated[Path | None, typer.Option("--out", help="Write the metrics JSON here.")] = None,
     data_root: DataRoot = None,
     skip_bad: Annotated[bool, typer.Option("--skip-bad", help="Skip unreadable images.")] = False,
+    merge: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--merge",
+            help="NEW=CLASS+CLASS: score the summed probability of the checkpoint's classes as the dataset's "
+            "class NEW (repeatable), e.g. benign_or_normal=benign+normal.",
+        ),
+    ] = None,
     device: Device = "auto",
     precision: Precision = "auto",
 ) -> None:
-    """Score a HiCA checkpoint on a dataset split with the same classes (e.g. another resolution)."""
+    """Score a HiCA checkpoint on a dataset split with the same (or merged) classes, e.g. at another size."""
     from hica.data.catalog import load_dataset
     from hica.io import write_json
-    from hica.predict import Predictor
+    from hica.predict import Predictor, parse_merge
     from hica.predict import evaluate as evaluate_checkpoint
     from hica.runtime import resolve_device, resolve_precision
 
+    merged = parse_merge(merge)
     dev = resolve_device(device)
     pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
-    res = evaluate_checkpoint(pred, load_dataset(dataset, data_root, skip_bad=skip_bad), split, skip_bad)
+    ds = load_dataset(dataset, data_root, skip_bad=skip_bad)
+    res = evaluate_checkpoint(pred, ds, split, skip_bad, merged)
     if out:
         write_json(out, res)
     console.print_json(data={k: v for k, v in res.items() if k != "confusion"})

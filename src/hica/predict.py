@@ -172,28 +172,86 @@ def write_predictions(out: Path, paths: Sequence[Path], probs: torch.Tensor, cla
     return write_text(out, predictions_csv(paths, probs, classes))
 
 
+def parse_merge(items: Sequence[str] | None) -> dict[str, list[str]]:
+    """``NEW=A+B`` items (``--merge``) → ``{NEW: [A, B]}``."""
+    out: dict[str, list[str]] = {}
+    for item in items or []:
+        new, eq, old = item.partition("=")
+        parts = [c.strip() for c in old.split("+") if c.strip()]
+        if not (eq and new.strip() and parts):
+            raise HicaError(
+                f"--merge {item!r} must look like NEW=CLASS+CLASS, e.g. benign_or_normal=benign+normal"
+            )
+        out[new.strip()] = parts
+    return out
+
+
+def merge_matrix(
+    classes: list[str],
+    merge: dict[str, list[str]],
+    target: list[str],
+    source: str,
+    other: Sequence[str] = (),
+) -> torch.Tensor:
+    """(C_model, C_target) 0/1 matrix summing model-class probabilities into ``target`` classes.
+
+    A target class is the sum of the model classes ``merge`` lists for it, else the model class of the same
+    name; every model class must land in exactly one target class. ``merge`` may also name classes of the
+    data (``other``), which only relabel the data."""
+    used = [c for parts in merge.values() for c in parts]
+    unknown = sorted(set(used) - set(classes) - set(other))
+    if unknown:
+        raise HicaError(
+            f"--merge names class(es) {unknown} that neither {source} ({classes}) nor the data has"
+        )
+    if len(used) != len(set(used)):
+        raise HicaError(f"--merge uses a class twice: {used}")
+    m = torch.zeros(len(classes), len(target))
+    for j, t in enumerate(target):
+        for c in [c for c in merge.get(t, []) if c in classes] or (
+            [t] if t in classes and t not in used else []
+        ):
+            m[classes.index(c), j] = 1
+    if (m.sum(1) != 1).any() or (m.sum(0) == 0).any():
+        raise HicaError(
+            f"{source} was trained for classes {classes}, which do not map onto {target}: evaluate it on "
+            "data with the same classes, merge classes with --merge NEW=CLASS+CLASS (e.g. "
+            "benign_or_normal=benign+normal), or use `hica predict --zero-shot --descriptors` for other "
+            "classes"
+        )
+    return m
+
+
 def evaluate(
-    predictor: Predictor, dataset: Any, split: str = "test", skip_bad: bool = False
+    predictor: Predictor,
+    dataset: Any,
+    split: str = "test",
+    skip_bad: bool = False,
+    merge: dict[str, list[str]] | None = None,
 ) -> dict[str, Any]:
-    """Score a classifier checkpoint on a dataset split (same class set required): metrics and confusion."""
+    """Score a classifier checkpoint on a dataset split: metrics and confusion.
+
+    The dataset must have the checkpoint's classes, or the classes ``merge`` makes of them: probabilities of
+    merged classes are summed (e.g. a 3-class BUSI model scored as malignant vs benign_or_normal), and a
+    dataset that has the merged classes itself gets its labels merged the same way."""
     import numpy as np
 
     from hica.eval.metrics import classification_metrics, confusion
 
-    if list(dataset.classes) != list(predictor.classes):
-        raise HicaError(
-            f"checkpoint {predictor.path} was trained for classes {predictor.classes}, but dataset "
-            f"{dataset.name} has {dataset.classes}; evaluate it on data with the same classes (in the same "
-            "order), or use `hica predict --zero-shot --descriptors` for other classes"
-        )
+    merge = merge or {}
+    to_new = {c: new for new, parts in merge.items() for c in parts}
+    target = list(dict.fromkeys(to_new.get(c, c) for c in dataset.classes))
+    label_of = [target.index(to_new.get(c, c)) for c in dataset.classes]
+    m = merge_matrix(list(predictor.classes), merge, target, f"checkpoint {predictor.path}", dataset.classes)
     kept, probs, _ = predictor.predict_samples(dataset.split(split), 64, skip_bad)
-    p = probs.numpy()
-    y = np.array([s.label for s in kept])
+    p = (probs @ m).numpy()
+    y = np.array([label_of[s.label] for s in kept])
     return {
         "dataset": dataset.name,
         "split": split,
         "n": len(y),
-        "classes": list(dataset.classes),
+        "classes": target,
+        "merged": merge,
         "metrics": classification_metrics(y, p),
         "confusion": confusion(y, p),
         "checkpoint": str(predictor.path),

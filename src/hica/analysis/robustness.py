@@ -406,6 +406,8 @@ def run_robustness(cfg: RobustnessConfig, out_dir: str | Path, resume: bool = Tr
         "classes": ds.classes,
         "k": cfg.k,
         "seeds": cfg.seeds,
+        "encoder": cfg.encoder.model_dump(),
+        "method_args": cfg.method_args,
         "n_test": len(labels),
         "n_corruption_images": len(keep) if corr is not None else None,
         "majority_accuracy": round(float(np.bincount(labels).max() / len(labels)), 4),
@@ -511,6 +513,14 @@ def markdown(result: dict[str, Any], cfg: RobustnessConfig) -> str:
         "Produced by `hica analyze robustness`; the machine is in `environment.json`.",
         "",
     ]
+    enc = result.get("encoder")
+    if enc:
+        args = ", ".join(f"{k}: {v}" for k, v in enc.get("args", {}).items())
+        lines += [
+            f"Every method uses the encoder `{enc['name']}`{f' ({args})' if args else ''}. Method arguments "
+            f"other than the defaults: {json.dumps(result.get('method_args') or {})}.",
+            "",
+        ]
     if "descriptor_noise" in s:
         ps = [f"{p:g}" for p in cfg.descriptor_noise.p]  # type: ignore[union-attr]
         lines += [

@@ -53,10 +53,12 @@ def style_map(methods: list[str]) -> dict[str, Style]:
     """A fixed tab10 colour and marker per method: HiCA family first (distinct colours), then baselines."""
     import matplotlib
 
-    cmap = matplotlib.colormaps["tab10"]
     ranked = [m for m in methods if is_hica(m)] + [m for m in methods if not is_hica(m)]
+    # tab10 while it suffices; beyond 10 methods tab20 (dark/light pairs) so no two methods share a colour
+    n = 10 if len(ranked) <= 10 else 20
+    cmap = matplotlib.colormaps[f"tab{n}"]
     return {
-        m: Style(cmap(i % 10), _MARKERS[(i + i // 10) % len(_MARKERS)], is_hica(m))
+        m: Style(cmap(i % n), _MARKERS[(i + i // 10) % len(_MARKERS)], is_hica(m))
         for i, m in enumerate(ranked)
     }
 
