@@ -54,15 +54,39 @@ class Predictor:
                 "pretrain`); "
                 "pass the model folder written by `hica finetune`, or use --zero-shot with --descriptors"
             )
-        self.path = path
-        self.classes: list[str] = list(clf["classes"])
-        self.alpha = float(clf["alpha"])
-        self.temperature = float(clf["temperature"])
-        self.meta = cfg["meta"]
-        self.encoder = create_encoder("checkpoint", path=str(path)).to(device).eval()
         protos = load_file(str(path / CLASSIFIER_FILE))
-        self.text_protos = protos["text_protos"].to(device)
-        self.image_protos = protos["image_protos"].to(device)
+        self._set(
+            path,
+            create_encoder("checkpoint", path=str(path)),
+            clf["classes"],
+            protos["text_protos"],
+            protos["image_protos"],
+            clf["alpha"],
+            clf["temperature"],
+            device,
+            precision,
+            cfg["meta"],
+        )
+
+    def _set(
+        self,
+        path: Path,
+        encoder: Any,
+        classes: list[str],
+        text_protos: torch.Tensor,
+        image_protos: torch.Tensor,
+        alpha: float,
+        temperature: float,
+        device: torch.device,
+        precision: str,
+        meta: dict[str, Any],
+    ) -> None:
+        self.path = path
+        self.classes: list[str] = list(classes)
+        self.alpha, self.temperature = float(alpha), float(temperature)
+        self.meta = meta
+        self.encoder = encoder.to(device).eval()
+        self.text_protos, self.image_protos = text_protos.to(device), image_protos.to(device)
         self.device, self.precision = device, precision
 
     @classmethod
@@ -80,13 +104,9 @@ class Predictor:
     ) -> Predictor:
         """A predictor around an encoder and classifier already in memory (no checkpoint on disk)."""
         self = cls.__new__(cls)
-        self.path = Path(name)
-        self.classes = list(classes)
-        self.alpha, self.temperature = float(alpha), float(temperature)
-        self.meta = {}
-        self.encoder = encoder.to(device).eval()
-        self.text_protos, self.image_protos = text_protos.to(device), image_protos.to(device)
-        self.device, self.precision = device, precision
+        self._set(
+            Path(name), encoder, classes, text_protos, image_protos, alpha, temperature, device, precision, {}
+        )
         return self
 
     @classmethod

@@ -48,3 +48,18 @@ def autocast(device: torch.device, precision: str):
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def embed_images(
+    encoder, images: torch.Tensor, device: torch.device, precision: str, batch_size: int = 64
+) -> torch.Tensor:
+    """(N, 3, H, W) preprocessed images → (N, D) L2-normalised global embeddings (float32, on ``device``)."""
+    import torch.nn.functional as F
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        with autocast(device, precision):
+            f = encoder.encode_image(images[i : i + batch_size].to(device)).global_
+        out.append(F.normalize(f.float(), dim=-1))
+    return torch.cat(out)

@@ -28,7 +28,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
@@ -247,7 +246,7 @@ def run_robustness(cfg: RobustnessConfig, out_dir: str | Path, resume: bool = Tr
     from hica.data.episodes import sample_episode
     from hica.eval.corruptions import corruption_names
     from hica.eval.protocol import Benchmark, _norm, machine_info
-    from hica.runtime import autocast
+    from hica.runtime import embed_images
     from hica.textbank import build_class_text
 
     t_start = time.perf_counter()
@@ -376,13 +375,7 @@ def run_robustness(cfg: RobustnessConfig, out_dir: str | Path, resume: bool = Tr
                         probs = m.predict_proba(x).float().numpy()
                     else:
                         if frozen is None:
-                            with torch.no_grad():
-                                chunks = []
-                                for i in range(0, len(x), cfg.batch_size):
-                                    with autocast(bench.device, bench.precision):
-                                        f = enc.encode_image(x[i : i + cfg.batch_size].to(bench.device))
-                                    chunks.append(f.global_.float().cpu())
-                            frozen = F.normalize(torch.cat(chunks), dim=-1)
+                            frozen = embed_images(enc, x, bench.device, bench.precision, cfg.batch_size).cpu()
                         probs = m.predict_proba(frozen).float().numpy()
                     recs.append(
                         {

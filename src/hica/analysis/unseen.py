@@ -31,12 +31,12 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, field_validator
 
 from hica.config import EncoderConfig, _Strict, distinct_seeds, dump_config, load_model_config
 from hica.errors import HicaError
 from hica.io import write_json, write_text
+from hica.runtime import embed_images
 
 MODE = "ensemble"  # the prompt ensemble of `hica predict --zero-shot --descriptors`
 NOT_DISTINGUISHABLE = "not distinguishable from chance"
@@ -127,21 +127,6 @@ def zero_shot_probs(predictor: Any, descriptors: str, classes: list[str], emb: t
         raise HicaError(f"descriptor file {descriptors}: no class(es) {missing}; it has {predictor.classes}")
     cols = [predictor.classes.index(c) for c in classes]
     return predictor.probs_from_embeddings(emb.to(predictor.device)).numpy()[:, cols]
-
-
-@torch.no_grad()
-def embed(
-    encoder: Any, images: torch.Tensor, device: torch.device, precision: str, bs: int = 64
-) -> torch.Tensor:
-    """(N, 3, H, W) → (N, D) normalised global embeddings, as ``Predictor.probs_of`` computes them."""
-    from hica.runtime import autocast
-
-    out = []
-    for i in range(0, len(images), bs):
-        with autocast(device, precision):
-            f = encoder.encode_image(images[i : i + bs].to(device)).global_
-        out.append(F.normalize(f.float(), dim=-1))
-    return torch.cat(out)
 
 
 def base_predictor(encoder: Any, temperature: float, device: torch.device, precision: str) -> Any:
@@ -422,7 +407,7 @@ def run_unseen(cfg: UnseenConfig, out_dir: str | Path, resume: bool = True) -> d
         t0 = time.perf_counter()
         temperature = HiCA(**cfg.hica_args).hparams["temperature"]
         pred = base_predictor(inp.enc, temperature, inp.device, inp.precision)
-        emb = embed(inp.enc, inp.images, inp.device, inp.precision)
+        emb = embed_images(inp.enc, inp.images, inp.device, inp.precision)
         probs = zero_shot_probs(pred, ds.descriptors, ds.classes, emb)
         before = {
             "probs": np.round(probs, 6).tolist(),

@@ -40,7 +40,7 @@ from hica.alignment.stage1 import fabric_precision, freeze_early, pooled_sentenc
 from hica.errors import HicaError
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
 from hica.methods.finetune import _freeze_bn
-from hica.runtime import autocast
+from hica.runtime import autocast, embed_images
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -367,16 +367,10 @@ class HiCA(ImageMethod):
         return enc
 
     # -- predict --------------------------------------------------------------------------------------------
-    @torch.no_grad()
     def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """(N, 3, H, W) preprocessed images → (N, D) normalised embeddings of the aligned image tower."""
         assert self.model is not None
-        out = []
-        for i in range(0, len(images), batch_size):
-            with autocast(self._device, self._precision):
-                f = self.model.encoder.encode_image(images[i : i + batch_size].to(self._device)).global_
-            out.append(F.normalize(f.float(), dim=-1))
-        return torch.cat(out)
+        return embed_images(self.model.encoder, images, self._device, self._precision, batch_size)
 
     @staticmethod
     def _protos(emb: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:
