@@ -81,6 +81,16 @@ def _run_raw(raw: dict[str, Any], out: Path | None) -> None:
     _run(validate_config(raw, "command line"), out, resume=True)
 
 
+def print_card_line(model_dir: Path, card: dict[str, Any]) -> None:
+    """One line on stderr saying what model this is (its card), or that it has no card."""
+    from hica.modelcard import card_summary, missing_card_warning
+
+    if card:
+        err_console.print(f"[dim]model card:[/dim] {escape(card_summary(card))}", soft_wrap=True)
+    else:
+        err_console.print(f"[yellow]{escape(missing_card_warning(model_dir))}[/yellow]", soft_wrap=True)
+
+
 @app.command()
 def datasets(data_root: DataRoot = None) -> None:
     """List the datasets found under the data root, with images per class and split."""
@@ -282,6 +292,7 @@ def predict(
 
     dev = resolve_device(device)
     pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
+    print_card_line(checkpoint, pred.card)
     if zero_shot:
         if not descriptors:
             raise HicaError("--zero-shot needs --descriptors NAME|PATH (the classes to tell apart)")
@@ -332,6 +343,7 @@ def evaluate(
     merged = parse_merge(merge)
     dev = resolve_device(device)
     pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
+    print_card_line(checkpoint, pred.card)
     ds = load_dataset(dataset, data_root, skip_bad=skip_bad)
     res = evaluate_checkpoint(pred, ds, split, skip_bad, merged)
     if out:
@@ -357,10 +369,52 @@ def explain(
 
     dev = resolve_device(device)
     pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
+    print_card_line(checkpoint, pred.card)
     for img in images:
         ex = explain_image(pred, img, descriptors)
         path = plot_explanation(ex, out / f"{Path(img).stem}.png", title=str(Path(img).name))
         console.print(f"{img}: predicted [bold]{ex.predicted}[/bold] → {path}")
+
+
+@app.command()
+def serve(
+    models: Annotated[
+        Path, typer.Option("--models", help="Models folder (trained models are added here).")
+    ] = Path("models"),
+    work: Annotated[Path, typer.Option("--work", help="Work folder: job uploads, runs and logs.")] = Path(
+        "serve-work"
+    ),
+    host: Annotated[str, typer.Option("--host", help="Address to bind (0.0.0.0: other machines too).")] = (
+        "127.0.0.1"
+    ),
+    port: Annotated[int, typer.Option("--port", help="TCP port.")] = 8000,
+    demo: Annotated[
+        Path | None,
+        typer.Option("--demo", help="Stage-2 YAML of a demo model, trained on first start if missing."),
+    ] = None,
+    train_config: Annotated[
+        Path | None,
+        typer.Option("--train-config", help="Stage-2 YAML whose encoder/method browser jobs use."),
+    ] = None,
+    data_root: DataRoot = None,
+    device: Device = "auto",
+    precision: Precision = "auto",
+) -> None:
+    """Start the browser app (Predict / Train / Models pages and a JSON API) with uvicorn."""
+    from hica.serve import serve as run_server
+
+    run_server(
+        models,
+        work,
+        host=host,
+        port=port,
+        device=device,
+        precision=precision,
+        train_config=train_config,
+        demo_config=demo,
+        data_root=data_root,
+        echo=lambda msg: console.print(escape(msg), soft_wrap=True),
+    )
 
 
 @app.command()

@@ -131,6 +131,9 @@ class Stage1Config(_Strict):
     image: Stage1Image = Field(default_factory=Stage1Image)
     text: Stage1Text = Field(default_factory=Stage1Text)
     seed: int = Field(0, ge=0)
+    # Torch threads while training (None: $HICA_FIT_THREADS, default 1). The weights are bit-identical for
+    # the same value on one CPU model; the committed stage-1 configs declare the 2 they were run with.
+    threads: int | None = Field(None, ge=1)
     device: str = "auto"
     precision: str = "auto"
     data_root: str | None = None

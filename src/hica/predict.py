@@ -54,6 +54,9 @@ class Predictor:
                 "pretrain`); "
                 "pass the model folder written by `hica finetune`, or use --zero-shot with --descriptors"
             )
+        from hica.modelcard import verify_model_card
+
+        self.card = verify_model_card(path)  # {} for a folder made before model cards
         protos = load_file(str(path / CLASSIFIER_FILE))
         self._set(
             path,
@@ -104,6 +107,7 @@ class Predictor:
     ) -> Predictor:
         """A predictor around an encoder and classifier already in memory (no checkpoint on disk)."""
         self = cls.__new__(cls)
+        self.card = {}
         self._set(
             Path(name), encoder, classes, text_protos, image_protos, alpha, temperature, device, precision, {}
         )

@@ -36,6 +36,7 @@ from hica.alignment.augment import training_augment
 from hica.alignment.imagedata import ImageStore, InputSpec, input_spec, load_store
 from hica.errors import HicaError
 from hica.io import save_tensors, write_json
+from hica.modelcard import write_model_card
 
 log = logging.getLogger(__name__)
 
@@ -451,7 +452,15 @@ def adapt_text_tower(
 
 def run_stage1(cfg: Any, out_dir: str | Path, resume: bool = True, progress: bool = True) -> dict[str, Any]:
     """Run stage 1 from a validated ``Stage1Config`` into ``out_dir``; the adapted encoder is written to
-    ``out_dir/encoder`` (load it with ``encoder: {name: checkpoint, args: {path: ...}}``)."""
+    ``out_dir/encoder`` (load it with ``encoder: {name: checkpoint, args: {path: ...}}``). It runs at the
+    config's fixed thread count with deterministic algorithms (``runtime.deterministic``)."""
+    from hica.runtime import deterministic
+
+    with deterministic(cfg.threads):
+        return _run_stage1(cfg, out_dir, resume, progress)
+
+
+def _run_stage1(cfg: Any, out_dir: str | Path, resume: bool, progress: bool) -> dict[str, Any]:
     from hica.config import dump_config
     from hica.data.catalog import load_dataset
     from hica.encoders import create_encoder
@@ -474,6 +483,7 @@ def run_stage1(cfg: Any, out_dir: str | Path, resume: bool = True, progress: boo
         p.requires_grad_(False)
     summary: dict[str, Any] = {"machine": machine_info(device, precision)}
     prefixes: list[str] = []
+    ds, samples = None, []
     if cfg.image.enabled:
         ds = load_dataset(cfg.dataset, cfg.data_root, skip_bad=cfg.skip_bad)
         samples = [s for sp in cfg.splits for s in ds.split(sp)]
@@ -530,8 +540,40 @@ def run_stage1(cfg: Any, out_dir: str | Path, resume: bool = True, progress: boo
             "summary": {k: v for k, v in summary.items() if k != "machine"},
         },
     )
+    write_model_card(out / "encoder", stage1_card(cfg, out / "encoder", ds, samples, base_fp, summary))
     write_json(out / "summary.json", summary)
     return summary
+
+
+def stage1_card(
+    cfg: Any, enc_dir: Path, ds: Any, samples: list, base_fp: Any, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """The model card of a stage-1 encoder folder (its weights already written)."""
+    from hica.modelcard import build_model_card
+
+    training = {
+        k: {kk: vv for kk, vv in v.items() if kk not in ("clusterings", "frozen")}
+        if isinstance(v, dict)
+        else v
+        for k, v in summary.items()
+        if k in ("image", "text", "total_seconds")
+    }
+    return build_model_card(
+        enc_dir,
+        kind="encoder",
+        name=cfg.name,
+        dataset=ds,
+        splits_used=list(cfg.splits) if ds is not None else [],
+        encoder_name=cfg.encoder.name,
+        encoder_args=cfg.encoder.args,
+        encoder_fingerprint=base_fp,
+        seed=cfg.seed,
+        images=samples,
+        method="hica stage 1 (image: DeepCluster-v2; text: SimCSE on the descriptor corpus)",
+        hyperparameters=cfg.model_dump(mode="json", exclude={"data_root"}),
+        metrics={"training": training},
+        extra={"modality": cfg.modality, "labels_read": False},
+    )
 
 
 __all__ = [

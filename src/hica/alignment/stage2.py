@@ -15,6 +15,8 @@ from typing import Any
 
 from hica.errors import HicaError
 from hica.io import save_tensors, write_json, write_text
+from hica.modelcard import write_model_card
+from hica.runtime import reproducible
 
 CLASSIFIER_FILE = "classifier.safetensors"
 
@@ -48,6 +50,7 @@ def export_classifier(method: Any, encoder_cfg: dict[str, Any], base_fp: Any, ou
     return out
 
 
+@reproducible
 def run_stage2(cfg: Any, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
     """Fit HiCA stage 2 on the episode (``cfg.dataset``, ``cfg.k``, ``cfg.seed``); save it to ``out_dir``."""
     import numpy as np
@@ -105,6 +108,8 @@ def run_stage2(cfg: Any, out_dir: str | Path, resume: bool = True) -> dict[str, 
         labels = np.array([s.label for s in test])
         summary["test"] = classification_metrics(labels, probs)
         summary["test_seconds"] = round(time.perf_counter() - t1, 1)
+    val_probs = method.predict_proba(data.val).numpy()
+    summary["validation"] = classification_metrics(data.val_labels.numpy(), val_probs)
     summary["peak_rss_mb"] = round(peak_rss_mb(), 1)
     export_classifier(
         method,
@@ -119,5 +124,41 @@ def run_stage2(cfg: Any, out_dir: str | Path, resume: bool = True) -> dict[str, 
             "episode": ep.to_json(),
         },
     )
+    write_model_card(out / "model", stage2_card(cfg, out / "model", ds, ep, method, base_fp, summary))
     write_json(out / "summary.json", summary)
     return summary
+
+
+def stage2_card(
+    cfg: Any, model_dir: Path, ds: Any, ep: Any, method: Any, base_fp: Any, summary: dict[str, Any]
+) -> dict[str, Any]:
+    """The model card of a ``run_stage2`` model folder (its weights already written)."""
+    from hica.modelcard import build_model_card
+
+    def scored(key: str, n: int) -> dict[str, Any] | None:
+        return {**summary[key], "n": n} if key in summary else None
+
+    return build_model_card(
+        model_dir,
+        kind="classifier",
+        name=cfg.name,
+        dataset=ds,
+        splits_used=["train", "val", *(["test"] if cfg.evaluate_test else [])],
+        encoder_name=cfg.encoder.name,
+        encoder_args=cfg.encoder.args,
+        encoder_fingerprint=base_fp,
+        seed=cfg.seed,
+        k=cfg.k,
+        classes=ds.classes,
+        episode=ep,
+        method=cfg.method,
+        hyperparameters=method.hparams,
+        selected=method.selected,
+        roi_source=method.roi_source,
+        metrics={
+            "validation": scored("validation", len(ep.val)),
+            "test": scored("test", len(ds.split("test")) if cfg.evaluate_test else 0),
+        },
+        test_split="test" if cfg.evaluate_test else None,
+        extra={"descriptors": ds.descriptors, "fit_seconds": summary.get("fit_seconds")},
+    )

@@ -47,6 +47,7 @@ from torch import nn
 from hica.config import EncoderConfig, _Strict, distinct_seeds, dump_config
 from hica.errors import HicaError
 from hica.io import atomic_write, write_json, write_text
+from hica.runtime import reproducible
 
 log = logging.getLogger(__name__)
 
@@ -825,6 +826,7 @@ def config_hash(cfg: LocalizationConfig) -> str:
     return hashlib.sha256(json.dumps(scope, sort_keys=True).encode()).hexdigest()[:12]
 
 
+@reproducible
 def run_localization(cfg: LocalizationConfig, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
     """Run (or resume) the analysis into ``out_dir``: ``metrics.json``, ``table.md``, ``per_image.csv``,
     ``gallery.png``, ``parts/seed<N>.json``; returns what ``metrics.json`` holds."""

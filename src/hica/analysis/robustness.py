@@ -33,6 +33,7 @@ from pydantic import Field, field_validator, model_validator
 
 from hica.config import BenchmarkConfig, EncoderConfig, _Strict, distinct_seeds, dump_config
 from hica.io import write_json, write_text
+from hica.runtime import reproducible
 
 log = logging.getLogger(__name__)
 
@@ -236,6 +237,7 @@ def _score(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
     return {k: m[k] for k in keep if k in m}
 
 
+@reproducible
 def run_robustness(cfg: RobustnessConfig, out_dir: str | Path, resume: bool = True, progress: bool = True):
     """Run (or resume) both parts of ``cfg`` into ``out_dir``; returns the summary also in metrics.json."""
     from tqdm.auto import tqdm

@@ -36,7 +36,7 @@ from pydantic import Field, field_validator
 from hica.config import EncoderConfig, _Strict, distinct_seeds, dump_config, load_model_config
 from hica.errors import HicaError
 from hica.io import write_json, write_text
-from hica.runtime import embed_images
+from hica.runtime import embed_images, reproducible
 
 MODE = "ensemble"  # the prompt ensemble of `hica predict --zero-shot --descriptors`
 NOT_DISTINGUISHABLE = "not distinguishable from chance"
@@ -358,6 +358,7 @@ def _stat(
 # -- the run ------------------------------------------------------------------------------------------------
 
 
+@reproducible
 def run_unseen(cfg: UnseenConfig, out_dir: str | Path, resume: bool = True) -> dict[str, Any]:
     """Run (or resume) the analysis into ``out_dir``; returns what ``metrics.json`` holds.
 

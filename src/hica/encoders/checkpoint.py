@@ -108,6 +108,9 @@ def load_encoder_weights(encoder: DualEncoder, path: str | Path, expect_fingerpr
             f"checkpoint {p} was made from a different encoder than {encoder.name!r} with these arguments/"
             "weights (fingerprint mismatch); load it with the base encoder recorded in its config.json"
         )
+    from hica.modelcard import verify_model_card
+
+    verify_model_card(p)  # a card that no longer matches its weights is refused before anything loads
     try:
         tensors = load_file(str(p / WEIGHTS_FILE))
     except (SafetensorError, OSError) as e:

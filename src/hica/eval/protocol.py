@@ -31,7 +31,7 @@ from hica.errors import HicaError
 from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
 from hica.io import write_json, write_text
 from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
-from hica.runtime import resolve_device, resolve_precision
+from hica.runtime import fit_threads, reproducible, resolve_device, resolve_precision
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ def machine_info(device: torch.device, precision: str) -> dict[str, Any]:
         "cpu": cpu,
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
+        "fit_threads": fit_threads(),  # torch threads while fitting (results depend on it)
         "device": str(device),
         "precision": precision,
         "python": platform.python_version(),
@@ -254,6 +255,7 @@ class Benchmark:
         }
 
     # -- the grid ------------------------------------------------------------------------------------------
+    @reproducible
     def run(self, resume: bool = True) -> dict[str, Any]:
         """Run (or resume) the grid; returns the aggregated results also written to ``out_dir``."""
         t_start = time.perf_counter()

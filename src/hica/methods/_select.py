@@ -14,10 +14,10 @@ from typing import Any, ParamSpec, TypeVar
 
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits  # a scikit-learn dependency
 
 from hica.errors import HicaError
 from hica.methods.base import ClassText, FewShotData
+from hica.runtime import deterministic
 
 T = TypeVar("T")
 P = ParamSpec("P")
@@ -26,8 +26,8 @@ Score = tuple[float, float, float]
 
 
 def single_threaded(fn: Callable[P, R]) -> Callable[P, R]:
-    """Run ``fn`` with one torch intra-op thread and one BLAS thread (numpy / scipy, hence scikit-learn),
-    restoring the caller's settings afterwards.
+    """Run ``fn`` inside ``runtime.deterministic(1)``: one torch and one BLAS thread (numpy / scipy, hence
+    scikit-learn) and deterministic algorithms, restoring the caller's settings afterwards.
 
     Few-shot fitting is hundreds of operations on tensors of a few hundred rows: extra threads do not
     speed them up, and when another process holds the other cores every parallel region waits for a time
@@ -37,15 +37,8 @@ def single_threaded(fn: Callable[P, R]) -> Callable[P, R]:
 
     @functools.wraps(fn)
     def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        n = torch.get_num_threads()
-        if n != 1:
-            torch.set_num_threads(1)
-        try:
-            with threadpool_limits(limits=1, user_api="blas"):
-                return fn(*args, **kwargs)
-        finally:
-            if n != 1:
-                torch.set_num_threads(n)
+        with deterministic(1):
+            return fn(*args, **kwargs)
 
     return wrapper
 

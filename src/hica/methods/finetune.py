@@ -18,7 +18,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
-from hica.runtime import autocast
+from hica.runtime import autocast, reproducible
 
 
 def _freeze_bn(module: nn.Module) -> None:
@@ -71,6 +71,7 @@ class FineTune(ImageMethod):
                 )
         return torch.cat(out).cpu()
 
+    @reproducible
     def fit(self, encoder, data: ImageFewShotData, device: torch.device, precision: str) -> FineTune:
         hp = self.hparams
         self._device, self._precision = device, precision

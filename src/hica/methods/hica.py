@@ -40,7 +40,7 @@ from hica.alignment.stage1 import fabric_precision, freeze_early, pooled_sentenc
 from hica.errors import HicaError
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
 from hica.methods.finetune import _freeze_bn
-from hica.runtime import autocast, embed_images
+from hica.runtime import autocast, embed_images, reproducible
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 
@@ -204,6 +204,7 @@ class HiCA(ImageMethod):
         )
 
     # -- fit ------------------------------------------------------------------------------------------------
+    @reproducible
     def fit(self, encoder: Any, data: ImageFewShotData, device: torch.device, precision: str) -> HiCA:
         hp = self.hparams
         if data.descriptors is None or data.classes is None:

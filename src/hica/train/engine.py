@@ -78,6 +78,18 @@ def _resolve_precision(cfg: TrainConfig) -> tuple[str, str]:
     return accel, "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
 
 
+def seed_worker(worker_id: int) -> None:
+    """DataLoader worker start: seed numpy and ``random`` from the worker's torch seed (itself derived from
+    the loader's seeded generator), so augmentation in workers is reproducible too."""
+    import random
+
+    import numpy as np
+
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 class _PositionSampler(Sampler[int]):
     """This rank's shard of a seeded permutation (via ``DistributedSampler``), starting at a position.
 
@@ -131,6 +143,7 @@ class _Batches:
             collate_fn=collate_fn,
             num_workers=cfg.num_workers,
             generator=gen,
+            worker_init_fn=seed_worker,
         )
         self.loader = fabric.setup_dataloaders(loader, use_distributed_sampler=False)
 
