@@ -22,6 +22,9 @@ from pathlib import Path
 import pytest
 from serve_helpers import busi_image, make_settings
 
+sync_api = pytest.importorskip("playwright.sync_api")
+expect = sync_api.expect
+
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 # Launch flags for a closed network (no background requests, no component updates, no sandbox as root).
@@ -78,7 +81,6 @@ def server(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="module")
 def browser():
-    sync_api = pytest.importorskip("playwright.sync_api")
     exe = _chromium()
     with sync_api.sync_playwright() as p:
         b = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
@@ -132,7 +134,7 @@ def test_predict_page_shows_prediction_and_heatmaps(page, server, data_root: Pat
         assert maps.nth(i).evaluate("img => img.complete && img.naturalWidth > 0")
     assert page.locator(".heatmap[data-class] li").count() >= 3  # top phrases under each map
     assert page.is_visible("#colorbar")
-    assert "classified with tiny" in page.inner_text("#message")
+    expect(page.locator("#message")).to_contain_text("classified with tiny")
     assert page.is_enabled("#csv")
     with page.expect_download() as dl:
         page.click("#csv")
@@ -151,8 +153,7 @@ def test_predict_page_reports_a_bad_file(page, server, tmp_path: Path) -> None:
     page.wait_for_selector("#model option[value='tiny']", state="attached")
     page.set_input_files("#files", str(bad))
     page.click("#run")
-    page.wait_for_selector("#message.error")
-    assert "notes.png: not a PNG, JPEG or DICOM image" in page.inner_text("#message")
+    expect(page.locator("#message.error")).to_contain_text("notes.png: not a PNG, JPEG or DICOM image")
 
 
 def test_train_in_the_browser_then_predict_with_the_new_model(page, server, data_root: Path) -> None:
@@ -171,8 +172,8 @@ def test_train_in_the_browser_then_predict_with_the_new_model(page, server, data
         assert row.locator(".count").inner_text() == "2 images"
     page.locator(".class-row[data-class='normal'] input.use").uncheck()
     page.click("#start")
-    page.wait_for_selector(".job[data-state]")
-    assert "started for model browser-k1" in page.inner_text("#message")
+    # The message comes when the upload is answered (a job card can show earlier: the list refreshes itself).
+    expect(page.locator("#message")).to_contain_text("started for model browser-k1", timeout=60_000)
     page.wait_for_selector(".job[data-state='running'], .job[data-state='done']", timeout=120_000)
     page.reload()  # the job survives a page reload: it lives on the server
     job = page.wait_for_selector(".job[data-state='done']", timeout=240_000)

@@ -10,7 +10,7 @@ function typeText(s) {
   if (!s) return "";
   if (s.anyOf) return s.anyOf.map(typeText).filter((t) => t !== "null").join(" | ");
   if (s.type === "array") return `list of ${typeText(s.items)}`;
-  if (s.format === "binary") return "file";
+  if (s.format === "binary" || s.contentMediaType) return "file";
   return s.type || "";
 }
 
