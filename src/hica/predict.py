@@ -11,7 +11,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from hica.data.sample import IMAGE_EXTENSIONS, Sample, load_image
+from hica.data.sample import IMAGE_EXTENSIONS, Sample, is_image_file, load_image
 from hica.errors import HicaError
 from hica.io import write_text
 
@@ -23,7 +23,7 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
         p = Path(item)
         if p.is_dir():
             found = sorted(
-                q for q in p.rglob("*") if q.suffix.lower() in IMAGE_EXTENSIONS and "_mask" not in q.stem
+                q for q in p.rglob("*") if q.is_file() and is_image_file(q) and "_mask" not in q.stem
             )
             if not found:
                 raise HicaError(f"folder {p} holds no images ({', '.join(IMAGE_EXTENSIONS)})")

@@ -10,9 +10,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from hica.data.dicom import has_dicom_magic, is_dicom, read_dicom
 from hica.errors import HicaError
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".dcm")
 
 
 @dataclass(frozen=True)
@@ -68,11 +69,23 @@ class Dataset:
         return h.hexdigest()[:16]
 
 
+def is_image_file(path: Path) -> bool:
+    """An image extension, or a DICOM file without one (by its ``DICM`` marker; DICOMDIR indexes excluded)."""
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    return path.name.upper() != "DICOMDIR" and has_dicom_magic(path)
+
+
 def load_image(sample: Sample) -> Image.Image:
-    """Open a sample's image fully decoded; corrupt, truncated or non-image files raise HicaError."""
+    """Open a sample's image fully decoded; corrupt, truncated or non-image files raise HicaError.
+
+    DICOM (``.dcm`` or the ``DICM`` marker) is read by :func:`hica.data.dicom.read_dicom`.
+    """
     if sample.array is not None:
         return Image.fromarray(sample.array)
     path = sample.path
+    if is_dicom(path):
+        return read_dicom(path)
     try:
         with Image.open(path) as im:
             im.load()

@@ -1,11 +1,11 @@
-"""ImageFolder layout: ``root/<class>/*.png|jpg|jpeg`` (e.g. Kermany ``chest_xray/train``)."""
+"""ImageFolder layout: ``root/<class>/*.png|jpg|jpeg|dcm`` (e.g. Kermany ``chest_xray/train``)."""
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
 
-from hica.data.sample import IMAGE_EXTENSIONS, Sample
+from hica.data.sample import IMAGE_EXTENSIONS, Sample, is_image_file
 from hica.errors import HicaError
 
 log = logging.getLogger(__name__)
@@ -46,7 +46,7 @@ def scan_imagefolder(
         files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
         n_before = len(samples)
         for f in files:
-            if f.suffix.lower() not in IMAGE_EXTENSIONS:
+            if not is_image_file(f):
                 if skip_bad:
                     skipped += 1
                     continue
