@@ -1,8 +1,8 @@
 """Shared fixtures: the real data root, and tiny copies of real data that tests may corrupt freely.
 
 The data root is ``$HICA_DATA`` if set, else ``<repo>/../shared/data``; tests that need it skip when it
-is absent. The ``tiny_*`` fixtures copy a handful of real images into ``tmp_path`` so a test can break
-them without touching the shared data.
+is absent, and fail under ``CI=true`` (``needs.missing_data``). The ``tiny_*`` fixtures copy a handful
+of real images into ``tmp_path`` so a test can break them without touching the shared data.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from needs import missing_data
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,17 +41,17 @@ def find_data_root() -> Path:
 
 @pytest.fixture(scope="session")
 def data_root() -> Path:
-    """The real data root; skips the test when it is missing."""
+    """The real data root; skips the test when it is missing (fails it under ``CI=true``)."""
     root = find_data_root()
     if not root.is_dir():
-        pytest.skip(f"real data not found at {root}: set HICA_DATA to the shared data folder")
+        missing_data(f"real data not found at {root}: set HICA_DATA to the shared data folder")
     return root
 
 
 def _first_files(folder: Path, n: int, pattern: str = "*") -> list[Path]:
     files = sorted(p for p in folder.glob(pattern) if p.is_file())
     if len(files) < n:
-        pytest.skip(f"{folder} has only {len(files)} file(s), need {n}")
+        missing_data(f"{folder} has only {len(files)} file(s), need {n}")
     return files[:n]
 
 
@@ -60,7 +61,7 @@ def tiny_imagefolder(data_root: Path, tmp_path: Path) -> Callable[..., Path]:
     into ``tmp_path/name/{train,test}/{NORMAL,PNEUMONIA}/`` and returns ``tmp_path/name``."""
     src = data_root / "chest_xray"
     if not src.is_dir():
-        pytest.skip(f"{src} not found")
+        missing_data(f"{src} not found")
 
     def make(n_train: int = 6, n_test: int = 6, name: str = "xray") -> Path:
         dst = tmp_path / name
@@ -97,7 +98,7 @@ def tiny_busi(data_root: Path, tmp_path: Path) -> TinyBusi:
     """
     src = data_root / "busi" / "Dataset_BUSI_with_GT"
     if not src.is_dir():
-        pytest.skip(f"{src} not found")
+        missing_data(f"{src} not found")
     root = tmp_path / "data"
     images = root / "busi" / "Dataset_BUSI_with_GT"
     rows: list[dict[str, str]] = []

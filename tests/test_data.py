@@ -960,3 +960,18 @@ def test_split_csv_rows_are_plain_csv(data_root: Path) -> None:
         assert {r["label"] for r in rows} == set(BUSI_CLASSES)
         assert {r["split"] for r in rows} == {"train", "val", "test"}
         assert len({r["file"] for r in rows}) == len(rows) == sum(BUSI_PER_CLASS.values())
+
+
+def test_ci_fails_instead_of_skipping_without_data(tmp_path: Path) -> None:
+    """Under CI=true a missing data root fails the tests that need it; elsewhere they skip."""
+    import os
+    import subprocess
+    import sys
+
+    test = Path(__file__).resolve().parent / "test_data.py"
+    env = {**os.environ, "HICA_DATA": str(tmp_path / "no-data-here"), "PYTHONDONTWRITEBYTECODE": "1"}
+    args = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"{test}::test_busi_masks_found"]
+    ci = subprocess.run(args, env={**env, "CI": "true"}, capture_output=True, text=True, timeout=120)
+    assert ci.returncode == 1 and "CI=true and the real data is missing" in ci.stdout, ci.stdout[-2000:]
+    local = subprocess.run(args, env={**env, "CI": ""}, capture_output=True, text=True, timeout=120)
+    assert local.returncode == 0 and "1 skipped" in local.stdout, local.stdout[-2000:]

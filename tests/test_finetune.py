@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from needs import missing_data
 
 from hica.encoders import create_encoder
 from hica.methods import ImageFewShotData, method_registry
@@ -18,7 +19,7 @@ def episode(tmp_path_factory):
 
     root = find_data_root()
     if not (root / "busi").is_dir():
-        pytest.skip(f"real data not found at {root}")
+        missing_data(f"real data not found at {root}")
     enc = create_encoder("default", image_size=128)
     ds = load_dataset("busi", root)
     pick = lambda split, n: [s for c in range(3) for s in [x for x in ds.split(split) if x.label == c][:n]]  # noqa: E731

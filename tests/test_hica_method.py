@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from needs import missing_data
 
 from hica.encoders import create_encoder
 from hica.errors import HicaError
@@ -35,7 +36,7 @@ def episode(data_root: Path):
     from hica.data.sample import load_image
 
     if not (data_root / "busi").is_dir():
-        pytest.skip(f"BUSI not found under {data_root}")
+        missing_data(f"BUSI not found under {data_root}")
     torch.set_num_threads(1)
     enc = create_encoder("default", image_size=64)
     ds = load_dataset("busi", data_root)

@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from needs import missing_data
 
 from hica.config import validate_config
 from hica.eval.protocol import Benchmark
@@ -22,7 +23,7 @@ def tiny_busi_folder(tmp_path_factory) -> Path:
 
     src = find_data_root() / "busi" / "Dataset_BUSI_with_GT"
     if not src.is_dir():
-        pytest.skip(f"real data not found at {src}")
+        missing_data(f"real data not found at {src}")
     dst = tmp_path_factory.mktemp("busi_folder")
     for cls in CLASSES:
         files = sorted(p for p in (src / cls).glob("*).png"))[: sum(PER_SPLIT.values())]

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 
 import pytest
+from needs import missing_data
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -174,7 +175,7 @@ def test_html_renderer_escapes_and_structures() -> None:
 def test_report_on_committed_baselines(tmp_path: Path) -> None:
     run = REPO / "results" / "baselines"
     if not (run / "metrics.json").is_file():
-        pytest.skip("results/baselines/metrics.json not committed")
+        missing_data("results/baselines/metrics.json not committed")
     res = build_report([run], tmp_path / "r")
     md = (tmp_path / "r" / "report.md").read_text()
     data = json.loads((run / "metrics.json").read_text())

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from needs import missing_data
 
 from hica.analysis.robustness import (
     corrupt_batch,
@@ -91,7 +92,7 @@ def test_tiny_run_matches_benchmark_logs_noise_and_resumes(
     tmp_path: Path, data_root: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     if not (data_root / "busi").is_dir():
-        pytest.skip(f"BUSI not found under {data_root}")
+        missing_data(f"BUSI not found under {data_root}")
     from hica.config import validate_config
     from hica.data.descriptors import load_descriptors
     from hica.data.descriptors.noise import phrase_slots

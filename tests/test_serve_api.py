@@ -9,12 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from fastapi.testclient import TestClient
+from serve_helpers import busi_image, make_settings
 
-pytest.importorskip("fastapi")
-from fastapi.testclient import TestClient  # noqa: E402
-from serve_helpers import busi_image, make_settings  # noqa: E402
-
-from hica.serve import create_app  # noqa: E402
+from hica.serve import create_app
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

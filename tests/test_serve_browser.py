@@ -6,8 +6,8 @@ steps) from the Train page to completion and predict with it; and check the Mode
 ``$HICA_SCREENSHOTS=DIR`` each page is also saved as ``DIR/<page>.png`` (``scripts/serve-screenshots``
 makes the ones in ``docs/serve/``).
 
-The browser is ``$HICA_CHROMIUM`` or ``/usr/bin/chromium`` (``.ci/run`` installs it); without it, or without
-Playwright, these tests skip, except under ``CI=true`` where a missing browser fails the run.
+The browser is ``$HICA_CHROMIUM`` or ``/usr/bin/chromium`` (``.ci/run`` installs it); without it these tests
+skip, except under ``CI=true`` where a missing browser fails them.
 """
 
 from __future__ import annotations
@@ -20,10 +20,9 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright import sync_api
+from playwright.sync_api import expect
 from serve_helpers import busi_image, make_settings
-
-sync_api = pytest.importorskip("playwright.sync_api")
-expect = sync_api.expect
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -59,7 +58,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def server(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """A live server (uvicorn in a thread) on 127.0.0.1 with the tiny model; yields (base URL, settings)."""
-    uvicorn = pytest.importorskip("uvicorn")
+    import uvicorn
+
     from hica.serve import create_app
 
     settings = make_settings(tmp_path_factory.mktemp("browser"), data_root)

@@ -516,6 +516,18 @@ def test_run_stage1_outputs(stage1_run) -> None:
     assert cfg["prefixes"] == ["trunk.", "image_proj.", *txt["trained"]]
     assert cfg["meta"]["stage"] == 1 and "data_root" not in cfg["meta"]["config"]
 
+    from hica.modelcard import card_summary, sha256_file, verify_model_card
+
+    card = verify_model_card(out / "encoder")  # the stage-1 encoder carries a card matching its weights
+    assert card["kind"] == "encoder" and card["k"] is None and card["labels_read"] is False
+    assert card["training_data"]["episode"] is None and len(card["training_data"]["images"]) == 24
+    assert [e["stage"] for e in card["encoder"]["lineage"]] == ["base", "stage1"]
+    assert card["weights"]["encoder.safetensors"] == sha256_file(out / "encoder" / "encoder.safetensors")
+    assert (
+        "not for clinical decisions" in card["intended_use"] and (out / "encoder" / "MODEL_CARD.md").is_file()
+    )
+    assert card_summary(card).startswith("encoder ")
+
 
 def test_run_stage1_checkpoint_loads_and_differs(stage1_run, encoder) -> None:
     out, _ = stage1_run

@@ -59,9 +59,12 @@ def _parse_kv(items: list[str] | None, what: str) -> dict[str, Any]:
 
 def _ints(text: str, what: str) -> list[int]:
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        out = [int(x) for x in text.split(",") if x.strip()]
     except ValueError as e:
         raise HicaError(f"{what} must be comma-separated integers, got {text!r}") from e
+    if not out:
+        raise HicaError(f"{what} is empty: give comma-separated integers, e.g. 1,4,16")
+    return out
 
 
 def _run(cfg: Any, out: Path | None, resume: bool) -> None:
@@ -396,6 +399,9 @@ def serve(
         Path | None,
         typer.Option("--train-config", help="Stage-2 YAML whose encoder/method browser jobs use."),
     ] = None,
+    prepare_only: Annotated[
+        bool, typer.Option("--prepare-only", help="Train the --demo model if missing, then exit.")
+    ] = False,
     data_root: DataRoot = None,
     device: Device = "auto",
     precision: Precision = "auto",
@@ -403,6 +409,8 @@ def serve(
     """Start the browser app (Predict / Train / Models pages and a JSON API) with uvicorn."""
     from hica.serve import serve as run_server
 
+    if prepare_only and demo is None:
+        raise HicaError("--prepare-only needs --demo CONFIG (the demo model to train)")
     run_server(
         models,
         work,
@@ -413,6 +421,7 @@ def serve(
         train_config=train_config,
         demo_config=demo,
         data_root=data_root,
+        prepare_only=prepare_only,
         echo=lambda msg: console.print(escape(msg), soft_wrap=True),
     )
 

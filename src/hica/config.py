@@ -6,7 +6,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from hica.errors import HicaError
 
@@ -27,6 +35,14 @@ class EncoderConfig(_Strict):
 
     name: str = "default"
     args: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _args(self) -> EncoderConfig:
+        """The backend exists and takes these arguments (types, names); kept as given (same config hash)."""
+        from hica.encoders.registry import check_encoder_args
+
+        check_encoder_args(self.name, self.args)
+        return self
 
 
 class BenchmarkConfig(_Strict):
@@ -58,6 +74,24 @@ class BenchmarkConfig(_Strict):
         if bad:
             raise ValueError(f"K (shots) must be >= 1, got {bad}; zero-shot methods run without K")
         return sorted(set(v))
+
+    @field_validator("method_args")
+    @classmethod
+    def _method_args(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        """Each known method's settings are valid (kept as given, so the config hash does not change)."""
+        from hica.methods.base import check_method_args, method_registry
+
+        known = method_registry()
+        problems = []
+        for method, args in v.items():
+            if method in known:  # unknown names are reported by ``_methods``
+                try:
+                    check_method_args(method, args)
+                except HicaError as e:
+                    problems.append(str(e))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
     @field_validator("text_mode")
     @classmethod
@@ -172,15 +206,28 @@ class Stage2Config(_Strict):
             raise ValueError(f"method must be hica or one of its ablations (hica_*), got {v!r}")
         return v
 
+    @field_validator("method_args")
+    @classmethod
+    def _method_args(cls, v: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        """The method's settings are valid (kept as given)."""
+        from hica.methods.base import check_method_args, method_registry
+
+        method = info.data.get("method")
+        if method in method_registry():  # an unknown hica_* name is reported when the run starts
+            check_method_args(method, v)
+        return v
+
 
 def _read_yaml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise HicaError(f"config file {path} not found")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise HicaError(f"{path}: not valid YAML: {e}") from e
+    if raw is None:
+        raise HicaError(f"{path}: the config file is empty; see configs/ for examples")
     if not isinstance(raw, dict):
         raise HicaError(f"{path}: expected a mapping at the top level")
     return raw
@@ -197,7 +244,14 @@ def load_model_config(model: type[BaseModel], path: str | Path, overrides: dict[
 
 
 def _format(e: ValidationError) -> str:
-    return "; ".join(f"{'.'.join(str(p) for p in err['loc']) or '(top)'}: {err['msg']}" for err in e.errors())
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"])
+        # A validator's own sentence (it names the method / encoder / key) without pydantic's "Value error, ".
+        ctx = err.get("ctx") or {}
+        msg = str(ctx["error"]) if err["type"] == "value_error" and "error" in ctx else err["msg"]
+        parts.append(f"{loc or '(top)'}: {msg}")
+    return "; ".join(parts)
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> BenchmarkConfig:

@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import csv
 import hashlib
-import inspect
 import io
 import json
 import logging
@@ -299,10 +298,10 @@ class LocalizationConfig(_Strict):
     def _finetune_args(cls, v: dict[str, Any]) -> dict[str, Any]:
         from hica.methods.finetune import FineTune
 
-        known = [p for p in inspect.signature(FineTune.__init__).parameters if p != "self"]
-        unknown = sorted(set(v) - set(known))
-        if unknown:
-            raise ValueError(f"unknown argument(s) {unknown} of method finetune; known: {known}")
+        try:
+            FineTune(**v)  # the method's own settings check (hica.methods.settings)
+        except HicaError as e:
+            raise ValueError(str(e)) from e
         return v
 
 

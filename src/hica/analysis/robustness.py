@@ -32,6 +32,7 @@ from PIL import Image
 from pydantic import Field, field_validator, model_validator
 
 from hica.config import BenchmarkConfig, EncoderConfig, _Strict, distinct_seeds, dump_config
+from hica.errors import HicaError
 from hica.io import write_json, write_text
 from hica.runtime import reproducible
 
@@ -135,6 +136,13 @@ class RobustnessConfig(_Strict):
         extra = [m for m in self.method_args if m not in self.methods]
         if extra:
             raise ValueError(f"method_args given for method(s) not in any part: {extra}")
+        from hica.methods.base import check_method_args
+
+        for method, args in self.method_args.items():  # each method's settings, checked before any work
+            try:
+                check_method_args(method, args)
+            except HicaError as e:
+                raise ValueError(str(e)) from e
         return self
 
     @property

@@ -93,8 +93,20 @@ def builtin_datasets(root: Path) -> dict[str, Callable[..., Dataset]]:
 BUILTIN_NAMES = ("busi", "busi_medmnist_split", "chest_xray", "pneumoniamnist", "breastmnist")
 
 
+def check_classes(name: str, classes: list[str], splits: dict[str, list[Any]]) -> None:
+    """Refuse a dataset with fewer than 2 classes that have images (after any ``classes`` filter)."""
+    present = sorted({s.label for samples in splits.values() for s in samples})
+    if len(classes) < 2 or len(present) < 2:
+        found = [classes[i] for i in present]
+        raise HicaError(
+            f"dataset {name}: classification needs at least 2 classes with images, got {len(found)} "
+            f"({found}); add class folders / rows or widen the 'classes' filter"
+        )
+
+
 def _generic(kind: str, path: Path, opts: dict[str, Any]) -> Dataset:
     classes = opts.get("classes")
+    name = opts.get("name") or f"{kind}:{path.resolve()}"
     if kind == "manifest":
         classes, splits = read_manifest(path, classes)
     elif kind == "imagefolder":
@@ -114,13 +126,14 @@ def _generic(kind: str, path: Path, opts: dict[str, Any]) -> Dataset:
         raise HicaError(f"unknown dataset format {kind!r}; use imagefolder: or manifest:")
     if "train" not in splits:
         raise HicaError(f"{path}: no train split found")
+    check_classes(name, list(classes), splits)
     frac = float(opts.get("val_fraction", VAL_FRACTION))
     if "val" not in splits:
         splits["train"], splits["val"] = carve_validation(splits["train"], frac, VAL_SEED, str(path))
     if "test" not in splits:
         splits["train"], splits["test"] = carve_validation(splits["train"], frac * 2, VAL_SEED + 1, str(path))
     return Dataset(
-        name=opts.get("name") or f"{kind}:{path.resolve()}",
+        name=name,
         classes=list(classes),
         splits=splits,
         descriptors=opts.get("descriptors"),
@@ -149,4 +162,5 @@ def load_dataset(spec: str | dict[str, Any], root: str | Path | None = None, **o
         )
     loaders = builtin_datasets(data_root(root))
     ds = loaders[spec](**opts)
+    check_classes(ds.name, ds.classes, ds.splits)
     return ds

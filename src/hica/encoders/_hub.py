@@ -11,11 +11,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import inspect
 import os
 import re
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -264,19 +263,6 @@ def resolve_hf_dir(
         fallback_patterns=fallback_patterns,
     )
     return path, {"hub_id": repo_id, "revision": path.name, "files": dir_fingerprint(path)}
-
-
-def check_kwargs(backend: str, init: Callable[..., Any], kwargs: dict[str, Any]) -> None:
-    """Raise a :class:`HicaError` for unknown or missing keyword arguments of an encoder constructor."""
-    params = [p for p in inspect.signature(init).parameters.values() if p.name != "self"]
-    names = [p.name for p in params]
-    unknown = sorted(set(kwargs) - set(names))
-    missing = [p.name for p in params if p.default is inspect.Parameter.empty and p.name not in kwargs]
-    if unknown or missing:
-        problem = f"unknown argument(s) {', '.join(unknown)}" if unknown else f"missing {', '.join(missing)}"
-        raise HicaError(
-            f"encoder {backend}: {problem}; its arguments are {', '.join(names)} (--encoder-arg KEY=VALUE)"
-        )
 
 
 def dir_fingerprint(path: Path) -> dict[str, Any]:

@@ -192,7 +192,7 @@ class DefaultEncoder(DualEncoder):
         return self.text_proj(pooled)
 
 
-@register("default")
+@register("default", params=DefaultEncoder.__init__)
 def create_default(**kwargs: Any) -> DefaultEncoder:
     """EfficientNet-Lite0 + all-MiniLM-L6-v2 from PyPI packages (offline); kwargs: embed_dim, image_size."""
     return DefaultEncoder(**kwargs)

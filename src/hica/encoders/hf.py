@@ -23,7 +23,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from hica.encoders._common import CLIPTemperature, RGBConvert
-from hica.encoders._hub import check_kwargs, resolve_hf_dir
+from hica.encoders._hub import resolve_hf_dir
 from hica.encoders._tokens import mha_value_path
 from hica.encoders.base import DualEncoder, ImageFeatures
 from hica.encoders.registry import register
@@ -185,8 +185,7 @@ class HFEncoder(CLIPTemperature, DualEncoder):
         return out.pooler_output
 
 
-@register("hf")
+@register("hf", params=HFEncoder.__init__)
 def create_hf(**kwargs: Any) -> HFEncoder:
     """transformers CLIP/SigLIP: model=HUB_ID or model=DIR (save_pretrained layout), max_text_length."""
-    check_kwargs("hf", HFEncoder.__init__, kwargs)
     return HFEncoder(**kwargs)

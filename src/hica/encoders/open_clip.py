@@ -30,7 +30,6 @@ from torchvision.transforms import Compose
 from hica.encoders._common import CLIPTemperature, RGBConvert, file_fingerprint
 from hica.encoders._hub import (
     HF_HUB_PREFIX,
-    check_kwargs,
     dir_fingerprint,
     hub_file,
     hub_snapshot,
@@ -347,8 +346,7 @@ def _timm_features(visual: nn.Module, images: torch.Tensor) -> ImageFeatures:
     return ImageFeatures(global_=pooled, local=tokens, grid=grid)
 
 
-@register("open_clip")
+@register("open_clip", params=OpenClipEncoder.__init__)
 def create_open_clip(**kwargs: Any) -> OpenClipEncoder:
     """OpenCLIP: model=NAME with pretrained=TAG|FILE, model=hf-hub:ORG/REPO, or model=DIR."""
-    check_kwargs("open_clip", OpenClipEncoder.__init__, kwargs)
     return OpenClipEncoder(**kwargs)

@@ -28,7 +28,6 @@ from torch import nn
 from hica.encoders._common import RGBConvert, encode_sentences, file_fingerprint, seeded_projection
 from hica.encoders._hub import (
     HF_HUB_PREFIX,
-    check_kwargs,
     hub_file,
     hub_snapshot,
     local_dir,
@@ -246,8 +245,7 @@ class TimmHFEncoder(DualEncoder):
         return self.text_proj(pooled)
 
 
-@register("timm_hf")
+@register("timm_hf", params=TimmHFEncoder.__init__)
 def create_timm_hf(**kwargs: Any) -> TimmHFEncoder:
     """timm image tower + HF text tower: image_model, image_pretrained|image_weights, text_model."""
-    check_kwargs("timm_hf", TimmHFEncoder.__init__, kwargs)
     return TimmHFEncoder(**kwargs)

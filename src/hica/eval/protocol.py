@@ -132,6 +132,8 @@ class Benchmark:
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.registry = method_registry()
+        for method in cfg.methods:  # settings checked before any encoding (also when cfg was changed in code)
+            self.registry[method].check_settings(cfg.method_args.get(method, {}))
         # Where data and features are read from does not change a result: resuming ignores it.
         scope = cfg.model_dump(mode="json", exclude={"cache_dir", "data_root"})
         self.cfg_hash = hashlib.sha256(json.dumps(scope, sort_keys=True).encode()).hexdigest()[:12]

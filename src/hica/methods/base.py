@@ -2,16 +2,21 @@
 
 Methods never see datasets or encoders: the protocol hands them cached, L2-normalised features and the
 class text embeddings. Methods that train the image encoder (``ImageMethod``) get the encoder and images.
+Each method declares its settings as a typed ``Settings`` model (``hica.methods.settings``); the
+constructor validates its keyword arguments against it, so ``hparams`` only ever holds checked values.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
+
+from hica.errors import HicaError
+from hica.methods.settings import MethodSettings, check_settings
 
 
 @dataclass
@@ -42,16 +47,33 @@ class FewShotData:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-class Method(ABC):
+class Configurable:
+    """Typed settings for a method class: ``Settings`` (fields = settings, field defaults = ``defaults``)."""
+
+    name: ClassVar[str] = "method"
+    Settings: ClassVar[type[MethodSettings]] = MethodSettings
+    defaults: ClassVar[dict[str, Any]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.defaults = cls.Settings().model_dump()
+
+    @classmethod
+    def check_settings(cls, hparams: Mapping[str, Any]) -> dict[str, Any]:
+        """``hparams`` validated and completed with the defaults; a HicaError naming the method if bad."""
+        return check_settings(f"method {cls.name}", cls.Settings, hparams).model_dump()
+
+    def __init__(self, **hparams: Any) -> None:
+        self.hparams = self.check_settings(hparams)
+        self.selected: dict[str, Any] = {}  # hyperparameters chosen on validation, reported per run
+
+
+class Method(Configurable, ABC):
     """A few-shot / zero-shot classifier on frozen features."""
 
     name: ClassVar[str] = "method"
     uses_text: ClassVar[bool] = False  # needs ``FewShotData.text``
     zero_shot: ClassVar[bool] = False  # uses no labelled image
-
-    def __init__(self, **hparams: Any) -> None:
-        self.hparams = hparams
-        self.selected: dict[str, Any] = {}  # hyperparameters chosen on validation, reported per run
 
     @abstractmethod
     def fit(self, data: FewShotData) -> Method:
@@ -83,6 +105,14 @@ def method_registry() -> dict[str, Callable[..., Any]]:
     return dict(_METHODS)
 
 
+def check_method_args(method: str, args: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate one method's settings by registry name (what a config's ``method_args`` hold)."""
+    registry = method_registry()
+    if method not in registry:
+        raise HicaError(f"unknown method {method!r}; available: {sorted(registry)}")
+    return registry[method].check_settings(args)
+
+
 @dataclass
 class ImageFewShotData:
     """One episode as preprocessed image tensors, for methods that train the image encoder."""
@@ -100,7 +130,7 @@ class ImageFewShotData:
     support_has_mask: torch.Tensor | None = None  # (N,) bool: the sample had mask files (maybe empty)
 
 
-class ImageMethod(ABC):
+class ImageMethod(Configurable, ABC):
     """A method that fine-tunes (a copy of) the encoder's image tower on the support images."""
 
     name: ClassVar[str] = "image_method"
@@ -108,10 +138,6 @@ class ImageMethod(ABC):
     uses_masks: ClassVar[bool] = False
     zero_shot: ClassVar[bool] = False
     image_level: ClassVar[bool] = True
-
-    def __init__(self, **hparams: Any) -> None:
-        self.hparams = hparams
-        self.selected: dict[str, Any] = {}
 
     @abstractmethod
     def fit(self, encoder: Any, data: ImageFewShotData, device: torch.device, precision: str) -> ImageMethod:

@@ -32,6 +32,7 @@ import torch.nn.functional as F
 
 from hica.methods._select import need_shots, need_text, single_threaded
 from hica.methods.base import FewShotData, Method, register_method
+from hica.methods.settings import MethodSettings, PositiveFloat, PositiveInt
 from hica.methods.zeroshot import text_logits
 
 
@@ -52,8 +53,10 @@ class CLAP(Method):
 
     uses_text = True
 
-    def __init__(self, epochs: int = 300, lr: float = 0.1, batch_size: int = 256) -> None:
-        super().__init__(epochs=epochs, lr=lr, batch_size=batch_size)
+    class Settings(MethodSettings):
+        epochs: PositiveInt = 300
+        lr: PositiveFloat = 0.1
+        batch_size: PositiveInt = 256
 
     def _logits(self, f: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return self.s * f @ F.normalize(w, dim=-1).T

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,7 @@ from torch import nn
 from torchvision.transforms import v2 as T
 
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
+from hica.methods.settings import MethodSettings, NonNegativeFloat, PositiveFloat, PositiveInt
 from hica.runtime import autocast, reproducible
 
 
@@ -31,25 +33,17 @@ def _freeze_bn(module: nn.Module) -> None:
 class FineTune(ImageMethod):
     """End-to-end fine-tuning (steps, batch_size, lr, head_lr, weight_decay, eval_every, temperature)."""
 
-    def __init__(
-        self,
-        steps: int = 24,
-        batch_size: int = 16,
-        lr: float = 1e-4,
-        head_lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        eval_every: int = 6,
-        temperature: float = 0.05,
-    ) -> None:
-        super().__init__(
-            steps=steps,
-            batch_size=batch_size,
-            lr=lr,
-            head_lr=head_lr,
-            weight_decay=weight_decay,
-            eval_every=eval_every,
-            temperature=temperature,
-        )
+    class Settings(MethodSettings):
+        steps: PositiveInt = 24
+        batch_size: PositiveInt = 16
+        lr: PositiveFloat = 1e-4
+        head_lr: PositiveFloat = 1e-3
+        weight_decay: NonNegativeFloat = 1e-4
+        eval_every: PositiveInt = 6
+        temperature: PositiveFloat = 0.05
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
         self.model: nn.Module | None = None
 
     def _logits(self, encoder: nn.Module, head: torch.Tensor, x: torch.Tensor) -> torch.Tensor:

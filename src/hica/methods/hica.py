@@ -26,10 +26,12 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Le
+from pydantic import model_validator
 from torch import nn
 
 from hica.alignment.augment import training_augment
@@ -40,6 +42,15 @@ from hica.alignment.stage1 import fabric_precision, freeze_early, pooled_sentenc
 from hica.errors import HicaError
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
 from hica.methods.finetune import _freeze_bn
+from hica.methods.settings import (
+    Fraction,
+    MethodSettings,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    with_defaults,
+)
 from hica.runtime import autocast, embed_images, reproducible
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -101,6 +112,35 @@ class TextBank(nn.Module):
         return F.normalize(sums, dim=-1)
 
 
+class HiCASettings(MethodSettings):
+    """HiCA stage 2's settings (the ablations change only the ``use_*`` defaults)."""
+
+    steps: PositiveInt = 30
+    batch_size: PositiveInt = 16
+    lr: PositiveFloat = 1e-4
+    text_lr: PositiveFloat = 1e-3
+    weight_decay: NonNegativeFloat = 1e-4
+    head_steps: NonNegativeInt = 100  # 0: no text-head phase
+    head_lr: PositiveFloat = 1e-2
+    lambda_local: NonNegativeFloat = 0.5
+    lambda_cross: NonNegativeFloat = 0.5
+    temperature: PositiveFloat = 0.07
+    margin: Annotated[NonNegativeFloat, Le(2)] = 0.2  # a cosine margin
+    use_global: bool = True
+    use_local: bool = True
+    use_cross: bool = True
+    freeze_stages: NonNegativeInt = 3
+    min_scale: Fraction = 0.6
+    roi_top_fraction: Fraction = 0.2
+    roi: Literal["auto", "proposed"] = "auto"  # auto: masks where the support has them, else proposed
+
+    @model_validator(mode="after")
+    def _something_to_train(self) -> HiCASettings:
+        if not (self.use_global or self.use_local or self.use_cross):
+            raise ValueError("use_global, use_local and use_cross are all off: there is nothing to train")
+        return self
+
+
 class HiCAModel(nn.Module):
     """Image tower + text bank; ``forward`` is not used (the loss function calls the parts)."""
 
@@ -116,41 +156,10 @@ class HiCA(ImageMethod):
 
     uses_text = True
     uses_masks = True
-    defaults: dict[str, Any] = {
-        "steps": 30,
-        "batch_size": 16,
-        "lr": 1e-4,
-        "text_lr": 1e-3,
-        "weight_decay": 1e-4,
-        "head_steps": 100,
-        "head_lr": 1e-2,
-        "lambda_local": 0.5,
-        "lambda_cross": 0.5,
-        "temperature": 0.07,
-        "margin": 0.2,
-        "use_global": True,
-        "use_local": True,
-        "use_cross": True,
-        "freeze_stages": 3,
-        "min_scale": 0.6,
-        "roi_top_fraction": 0.2,
-        "roi": "auto",  # auto: masks where the support has them, else proposed; or "proposed"
-    }
+    Settings = HiCASettings
 
     def __init__(self, **hparams: Any) -> None:
-        unknown = sorted(set(hparams) - set(self.defaults))
-        if unknown:
-            raise HicaError(
-                f"method {self.name}: unknown argument(s) {unknown}; known: {sorted(self.defaults)}"
-            )
-        super().__init__(**{**self.defaults, **hparams})
-        hp = self.hparams
-        if hp["roi"] not in ("auto", "proposed"):
-            raise HicaError(f"method {self.name}: roi must be 'auto' or 'proposed', got {hp['roi']!r}")
-        for k in ("steps", "batch_size"):
-            if int(hp[k]) < 1:
-                raise HicaError(f"method {self.name}: {k} must be >= 1, got {hp[k]!r}")
-        # Validates λ ≥ 0, τ > 0 and the switches now, not after minutes of data loading.
+        super().__init__(**hparams)  # validates every setting against ``Settings``
         self.loss = self._make_loss()
         self.model: HiCAModel | None = None
 
@@ -386,7 +395,8 @@ class HiCA(ImageMethod):
 
 
 def _variant(name: str, doc: str, **overrides: Any) -> type:
-    cls = type(name, (HiCA,), {"__doc__": doc, "defaults": {**HiCA.defaults, **overrides}})
+    settings = with_defaults(HiCASettings, f"{name}_settings", **overrides)
+    cls = type(name, (HiCA,), {"__doc__": doc, "Settings": settings})
     return register_method(name)(cls)
 
 

@@ -15,6 +15,7 @@ from sklearn.linear_model import LogisticRegression
 
 from hica.methods._select import need_shots, select, single_threaded, val_score
 from hica.methods.base import FewShotData, Method, register_method
+from hica.methods.settings import MethodSettings, PositiveGrid, PositiveInt
 
 C_GRID = tuple(float(c) for c in np.logspace(-2, 3, 11))
 
@@ -23,8 +24,9 @@ C_GRID = tuple(float(c) for c in np.logspace(-2, 3, 11))
 class LinearProbe(Method):
     """Logistic regression on frozen features; hparams: ``c_grid`` (ascending), ``max_iter``."""
 
-    def __init__(self, c_grid: tuple[float, ...] = C_GRID, max_iter: int = 1000) -> None:
-        super().__init__(c_grid=sorted(float(c) for c in c_grid), max_iter=max_iter)
+    class Settings(MethodSettings):
+        c_grid: PositiveGrid = C_GRID
+        max_iter: PositiveInt = 1000
 
     def _fit(self, c: float, x: np.ndarray, y: np.ndarray) -> LogisticRegression:
         clf = LogisticRegression(C=c, solver="lbfgs", max_iter=self.hparams["max_iter"])

@@ -14,6 +14,8 @@ smaller k.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,6 +23,7 @@ from sklearn.neighbors import KNeighborsClassifier
 
 from hica.methods._select import need_shots, select, single_threaded, val_score
 from hica.methods.base import FewShotData, Method, register_method
+from hica.methods.settings import MethodSettings, PositiveGrid, PositiveIntGrid
 
 TEMPERATURES = (0.2, 0.1, 0.05, 0.02, 0.01)  # softest first: ties go to the softer model
 KS = (1, 3, 5, 7, 9, 11, 13, 15)
@@ -28,10 +31,15 @@ KS = (1, 3, 5, 7, 9, 11, 13, 15)
 
 @register_method("prototype")
 class Prototype(Method):
-    """Nearest class mean under cosine similarity; hparam: ``temperatures``."""
+    """Nearest class mean under cosine similarity; hparam: ``temperatures`` (given ascending, tried softest
+    first)."""
 
-    def __init__(self, temperatures: tuple[float, ...] = TEMPERATURES) -> None:
-        super().__init__(temperatures=sorted((float(t) for t in temperatures), reverse=True))
+    class Settings(MethodSettings):
+        temperatures: PositiveGrid = tuple(sorted(TEMPERATURES))
+
+    def __init__(self, **hparams: Any) -> None:
+        super().__init__(**hparams)
+        self.hparams["temperatures"] = sorted(self.hparams["temperatures"], reverse=True)
 
     @single_threaded
     def fit(self, data: FewShotData) -> Prototype:
@@ -57,8 +65,8 @@ class Prototype(Method):
 class KNN(Method):
     """Cosine k-NN with distance-weighted votes; hparam: ``ks`` (candidate k, odd)."""
 
-    def __init__(self, ks: tuple[int, ...] = KS) -> None:
-        super().__init__(ks=sorted(int(k) for k in ks))
+    class Settings(MethodSettings):
+        ks: PositiveIntGrid = KS
 
     def _fit(self, k: int, x: np.ndarray, y: np.ndarray) -> KNeighborsClassifier:
         knn = KNeighborsClassifier(n_neighbors=k, weights="distance", metric="cosine", algorithm="brute")

@@ -21,13 +21,20 @@ accuracy; here the last epoch is kept. α, β are then searched again with the t
 from __future__ import annotations
 
 import itertools
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from hica.methods._select import need_shots, need_text, select, single_threaded, val_score
 from hica.methods.base import FewShotData, Method, register_method
+from hica.methods.settings import (
+    MethodSettings,
+    NonNegativeFloat,
+    NonNegativeGrid,
+    PositiveFloat,
+    PositiveGrid,
+    PositiveInt,
+)
 from hica.methods.zeroshot import text_logits
 
 BETAS = (0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 13.0)
@@ -53,10 +60,9 @@ class TipAdapter(Method):
 
     uses_text = True
 
-    def __init__(
-        self, alphas: tuple[float, ...] = ALPHAS, betas: tuple[float, ...] = BETAS, **kw: Any
-    ) -> None:
-        super().__init__(alphas=sorted(float(a) for a in alphas), betas=sorted(float(b) for b in betas), **kw)
+    class Settings(MethodSettings):
+        alphas: NonNegativeGrid = ALPHAS
+        betas: PositiveGrid = BETAS
 
     def _init(self, data: FewShotData) -> None:
         self.text = need_text(data, self.name)
@@ -98,18 +104,12 @@ class TipAdapterF(TipAdapter):
     """Tip-Adapter with the cache keys fine-tuned on the support set; hparams as Tip-Adapter plus
     ``epochs``, ``lr``, ``batch_size``, ``init_alpha``, ``init_beta``."""
 
-    def __init__(
-        self,
-        epochs: int = 20,
-        lr: float = 1e-3,
-        batch_size: int = 256,
-        init_alpha: float = 1.0,
-        init_beta: float = 1.0,
-        **kw: Any,
-    ) -> None:
-        super().__init__(
-            epochs=epochs, lr=lr, batch_size=batch_size, init_alpha=init_alpha, init_beta=init_beta, **kw
-        )
+    class Settings(TipAdapter.Settings):
+        epochs: PositiveInt = 20
+        lr: PositiveFloat = 1e-3
+        batch_size: PositiveInt = 256
+        init_alpha: NonNegativeFloat = 1.0
+        init_beta: PositiveFloat = 1.0
 
     @single_threaded
     def fit(self, data: FewShotData) -> TipAdapterF:

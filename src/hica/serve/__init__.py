@@ -28,9 +28,11 @@ def serve(
     demo_config: str | Path | None = None,
     data_root: str | None = None,
     limits: Limits | None = None,
+    prepare_only: bool = False,
     echo: Any = print,
 ) -> None:
-    """Start the app with uvicorn (blocking). ``demo_config``: train the demo model first if it is missing."""
+    """Start the app with uvicorn (blocking). ``demo_config``: train the demo model first if it is missing;
+    ``prepare_only``: only that, then return without serving."""
     import uvicorn
 
     from hica.serve.demo import ensure_demo_model, read_train_base
@@ -45,6 +47,8 @@ def serve(
     )
     if demo_config:
         ensure_demo_model(settings, demo_config, data_root, echo)
+    if prepare_only:
+        return
     scope = "this machine only" if host in ("127.0.0.1", "localhost", "::1") else "OTHER MACHINES TOO"
     echo(f"hica serve: http://{host}:{port}/  (bound to {host}: reachable from {scope})")
     echo(f"  models: {settings.models_dir}   work: {settings.work_dir}")

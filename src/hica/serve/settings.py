@@ -43,7 +43,15 @@ class ServeSettings:
     @classmethod
     def make(cls, models_dir: str | Path, work_dir: str | Path, **kw: Any) -> ServeSettings:
         """Create both folders and resolve them to absolute paths."""
+        from hica.errors import HicaError
+
         m, w = Path(models_dir).expanduser(), Path(work_dir).expanduser()
-        m.mkdir(parents=True, exist_ok=True)
-        w.mkdir(parents=True, exist_ok=True)
+        for folder, what in ((m, "--models"), (w, "--work")):
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                why = "it is a file" if isinstance(e, FileExistsError) else e.strerror
+                raise HicaError(
+                    f"{what} {folder}: cannot use it as a folder ({why}); give a folder path"
+                ) from e
         return cls(models_dir=m.resolve(), work_dir=w.resolve(), **kw)
