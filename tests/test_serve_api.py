@@ -266,3 +266,44 @@ def test_job_duplicate_refused_and_cancel(served, data_root: Path) -> None:
     assert not (settings.models_dir / "long").exists()
     assert not [p for p in settings.models_dir.iterdir() if p.name.startswith(".")]
     assert client.get("/api/health").json()["jobs_running"] == 0
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A valid PNG signature and IHDR declaring ``width`` x ``height``, and no pixel data (a bomb header)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b"")
+
+
+def test_hostile_uploads_are_refused_not_crashing(served, data_root: Path) -> None:
+    client, _ = served
+    # A 60-byte file declaring 20000 x 20000 pixels: refused from its header (413), not a 500.
+    bomb = ("files", ("bomb.png", _png_header_only(20000, 20000), "image/png"))
+    r = client.post("/api/predict", data={"model": "tiny"}, files=[bomb])
+    assert r.status_code == 413 and "bomb.png" in r.json()["detail"], r.text
+    # A body streamed without Content-Length (chunked) is cut off at the limit.
+    limit = 6 * 1_500_000 + 2 * 1024 * 1024
+
+    def chunks():
+        for _ in range(limit // 65536 + 2):
+            yield b"x" * 65536
+
+    r = client.post(
+        "/api/predict", content=chunks(), headers={"content-type": "multipart/form-data; boundary=x"}
+    )
+    assert r.status_code == 413 and "over the limit" in r.json()["detail"], r.text
+    # Descriptor YAML: aliases (which could expand a small file enormously) and deep nesting are refused.
+    img = _png(busi_image(data_root))
+    for text, message in (
+        (b"a: &x [one, two]\nb: *x\n", "aliases"),
+        (b"[" * 5000, "not valid YAML"),
+    ):
+        bad = ("descriptors_file", ("d.yaml", text, "text/yaml"))
+        r = client.post("/api/predict", data={"model": "tiny", "zero_shot": "true"}, files=[img, bad])
+        assert r.status_code == 400 and message in r.json()["detail"], r.text
+    assert client.get("/api/health").json()["status"] == "ok"

@@ -414,6 +414,10 @@ def verify_model_card(model_dir: str | Path) -> dict[str, Any]:
     fix = "restore the original files or retrain the model (`hica finetune` / `hica pretrain`)"
     listed = card["weights"]
     for fname, want in listed.items():
+        if not isinstance(fname, str) or "/" in fname or "\\" in fname or not fname.endswith(WEIGHTS_SUFFIX):
+            raise HicaError(
+                f"model card {d / CARD_JSON}: {fname!r} is not a weights file of this folder; {fix}"
+            )
         f = d / fname
         if not f.is_file():
             raise HicaError(f"model {d}: {fname} is listed in its {CARD_JSON} but missing; {fix}")

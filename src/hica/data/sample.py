@@ -76,8 +76,9 @@ def is_image_file(path: Path) -> bool:
     return path.name.upper() != "DICOMDIR" and has_dicom_magic(path)
 
 
-def load_image(sample: Sample) -> Image.Image:
-    """Open a sample's image fully decoded; corrupt, truncated or non-image files raise HicaError.
+def load_image(sample: Sample, max_pixels: int | None = None) -> Image.Image:
+    """Open a sample's image fully decoded; corrupt, truncated or non-image files raise HicaError, and so
+    do images over ``max_pixels`` (default: PIL's decompression-bomb limit), checked before decoding.
 
     DICOM (``.dcm`` or the ``DICM`` marker) is read by :func:`hica.data.dicom.read_dicom`.
     """
@@ -85,14 +86,20 @@ def load_image(sample: Sample) -> Image.Image:
         return Image.fromarray(sample.array)
     path = sample.path
     if is_dicom(path):
-        return read_dicom(path)
+        return read_dicom(path, max_pixels)
     try:
         with Image.open(path) as im:
+            if max_pixels is not None and im.size[0] * im.size[1] > max_pixels:
+                w, h = im.size
+                raise HicaError(
+                    f"cannot read image {path}: {w}x{h} = {w * h:,} pixels is over the limit of "
+                    f"{max_pixels:,} pixels per image"
+                )
             im.load()
             return im.copy()
     except FileNotFoundError as e:
         raise HicaError(f"image file not found: {path}") from e
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise HicaError(
             f"cannot read image {path}: {e}. Replace or remove the file, or pass --skip-bad to skip "
             "unreadable images with a warning"

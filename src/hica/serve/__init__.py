@@ -33,6 +33,8 @@ def serve(
 ) -> None:
     """Start the app with uvicorn (blocking). ``demo_config``: train the demo model first if it is missing;
     ``prepare_only``: only that, then return without serving."""
+    import tempfile
+
     import uvicorn
 
     from hica.serve.demo import ensure_demo_model, read_train_base
@@ -45,6 +47,10 @@ def serve(
         limits=limits or Limits(),
         **({"train_base": read_train_base(train_config)} if train_config else {}),
     )
+    # Uploads being received are spooled under the work folder, not the system's temporary folder.
+    tmp = settings.work_dir / "tmp"
+    tmp.mkdir(exist_ok=True)
+    tempfile.tempdir = str(tmp)
     if demo_config:
         ensure_demo_model(settings, demo_config, data_root, echo)
     if prepare_only:

@@ -95,7 +95,7 @@ async def check_descriptor_file(
     up = await _descriptor_upload(descriptors_file)
     if up is None:
         raise UploadError("no descriptor file uploaded", 400)
-    d = load_class_text(None, *up)
+    d = await run_in_threadpool(load_class_text, None, *up)
     return {
         "file": up[1],
         "dataset": d.dataset,
@@ -135,7 +135,8 @@ async def predict(
     try:
         desc_name = None
         if zero_shot:
-            d = load_class_text(descriptors, *(desc_up or (None, "")))  # validates; 400 with the reason
+            # validates (400 with the reason); parsing is CPU work, off the event loop
+            d = await run_in_threadpool(load_class_text, descriptors, *(desc_up or (None, "")))
             if desc_up:
                 from hica.io import write_text
 
@@ -199,7 +200,7 @@ async def create_job(
     descriptors_file: Annotated[UploadFile | None, File(description="Or an uploaded descriptor YAML")] = None,
     k: Annotated[int, Form(description="Shots per class")] = 1,
     steps: Annotated[int, Form(description="Training steps of both towers")] = 30,
-    seed: Annotated[int, Form(ge=0, description="Episode seed")] = 1,
+    seed: Annotated[int, Form(ge=0, le=2**31 - 1, description="Episode seed")] = 1,
 ) -> JSONResponse:
     from hica.serve.training import load_class_text, prepare_job
 
@@ -207,15 +208,17 @@ async def create_job(
     check_name(model)
     masks = [m for m in (masks or []) if m.filename]
     desc_up = await _descriptor_upload(descriptors_file)
-    desc = load_class_text(None if desc_up else descriptors, *(desc_up or (None, "")))
+    bundled = None if desc_up else descriptors
+    desc = await run_in_threadpool(load_class_text, bundled, *(desc_up or (None, "")))
     source = f"uploaded {desc_up[1]}" if desc_up else f"bundled {descriptors}"
     job_id, job_dir = s.jobs.reserve(model, s.models.exists)
     try:
         record = await prepare_job(
             s.settings, job_dir, desc, source, classes, files, labels, masks, k, steps, seed
         )
-    except UploadError as e:
-        s.jobs.discard(job_id, str(e))
+    except BaseException as e:  # any failure frees the model name and the job slot
+        why = str(e) if isinstance(e, UploadError) else f"internal error: {type(e).__name__}"
+        s.jobs.discard(job_id, why)
         shutil.rmtree(job_dir / "data", ignore_errors=True)
         raise
     return JSONResponse(s.jobs.start(job_id, record), status_code=202)

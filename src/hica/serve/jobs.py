@@ -134,28 +134,36 @@ class JobManager:
         return job_id, d
 
     def discard(self, job_id: str, message: str) -> None:
-        """A reserved job whose uploads were refused: marked failed, so the name is free again."""
-        self._set_status(self.root / job_id, state="failed", message=message, finished=time.time())
+        """A reserved job whose uploads were refused: marked failed (unless already cancelled), so the name
+        is free again."""
+        with self._lock:
+            if read_json(self.root / job_id / "status.json").get("state") not in FINAL:
+                self._set_status(self.root / job_id, state="failed", message=message, finished=time.time())
 
     def start(self, job_id: str, record: dict[str, Any]) -> dict[str, Any]:
         """Write the job record and start its worker in a new process group."""
         d = self.dir(job_id)
-        job = {**read_json(d / "job.json"), **record, "models_dir": str(self.settings.models_dir)}
-        write_json(d / "job.json", job)
-        self._set_status(d, state="queued", phase="starting the worker", started=time.time())
-        log = (d / "worker.log").open("ab")
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hica.serve.worker", str(d)],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-            cwd=str(d),
-        )
-        log.close()
         with self._lock:
+            st = read_json(d / "status.json")
+            if st.get("state") != "preparing":  # cancelled (or failed) while its uploads were received
+                raise UploadError(
+                    f"job {job_id} was {st.get('state')} before it started; nothing was trained", 409
+                )
+            job = {**read_json(d / "job.json"), **record, "models_dir": str(self.settings.models_dir)}
+            write_json(d / "job.json", job)
+            log = (d / "worker.log").open("ab")
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "hica.serve.worker", str(d)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                cwd=str(d),
+            )
+            log.close()
             self._procs[job_id] = proc
-        write_json(d / "job.json", {**job, "pid": proc.pid})
+            write_json(d / "job.json", {**job, "pid": proc.pid})
+            self._set_status(d, state="queued", phase="starting the worker", started=time.time())
         return self.status(job_id)
 
     def status(self, job_id: str) -> dict[str, Any]:
@@ -164,7 +172,8 @@ class JobManager:
         job, st = read_json(d / "job.json"), read_json(d / "status.json")
         state = st.get("state", "queued")
         proc = self._procs.get(job_id)
-        if state in ("queued", "running"):
+        if state in ("queued", "running") and (proc is not None or job.get("pid")):
+            # Only a job whose worker was started can be found dead (not one still being started).
             exited = proc.poll() is not None if proc is not None else not _alive(job.get("pid"), d)
             if exited:
                 st = read_json(d / "status.json")  # the worker may have finished just now
@@ -211,13 +220,16 @@ class JobManager:
     def list(self) -> list[dict[str, Any]]:
         return [self.status(i) for i in self._ids()]
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        """Stop an active job's worker (SIGTERM to its process group, SIGKILL after 5 s); 409 if finished."""
+    def cancel(self, job_id: str, message: str = "cancelled by the user") -> dict[str, Any]:
+        """Stop an active job's worker (SIGTERM to its process group, SIGKILL after 5 s); 409 if finished or
+        installing its model (then it is about to be done)."""
         d = self.dir(job_id)
         with self._lock:
             st = self.status(job_id)
             if st["state"] in FINAL:
                 raise UploadError(f"job {job_id} is already {st['state']}; nothing to cancel", 409)
+            if st["phase"] == "installing":
+                raise UploadError(f"job {job_id} is saving its model; it is too late to cancel", 409)
             pid = read_json(d / "job.json").get("pid")
             proc = self._procs.pop(job_id, None)
             if pid and (proc is not None and proc.poll() is None or _alive(pid, d)):
@@ -231,7 +243,9 @@ class JobManager:
                             proc.wait(5)
                 except ProcessLookupError:
                     pass
-            self._set_status(d, state="cancelled", message="cancelled by the user", finished=time.time())
+            if read_json(d / "status.json").get("state") in FINAL:  # it finished while being stopped
+                return self.status(job_id)
+            self._set_status(d, state="cancelled", message=message, finished=time.time())
         _remove_partial(self.settings.models_dir, st["model"], job_id)
         return self.status(job_id)
 
@@ -240,7 +254,7 @@ class JobManager:
         for job_id in list(self._procs):
             try:
                 if self.status(job_id)["state"] in ACTIVE:
-                    self.cancel(job_id)
+                    self.cancel(job_id, "stopped: the server shut down while it ran")
             except UploadError:
                 pass
 

@@ -18,6 +18,7 @@ from hica.serve.safety import UploadError, check_name, inside
 from hica.serve.settings import ServeSettings
 
 DESCRIPTORS_FILE = "descriptors.yaml"  # the class text a browser-trained model was trained with
+MAX_LOADED = 4  # models kept loaded at once (each holds an encoder in memory)
 
 
 def _model_dir(folder: Path) -> Path | None:
@@ -32,17 +33,40 @@ def _model_dir(folder: Path) -> Path | None:
     return None
 
 
+_VERIFIED: dict[str, tuple[tuple, tuple[dict[str, Any] | None, str]]] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _stamp(model_dir: Path) -> tuple:
+    """What changes when any file of the folder changes (name, size, mtime of each)."""
+    return tuple(
+        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.iterdir()) if p.is_file()
+    )
+
+
 def _card(model_dir: Path) -> tuple[dict[str, Any] | None, str]:
-    """The folder's model card checked against its weights (``hica.modelcard``), and what that check said."""
+    """The folder's model card checked against its weights (``hica.modelcard``), and what that check said.
+
+    The SHA-256 check reads every weights file, so its result is kept until a file of the folder changes."""
     from hica import modelcard
 
+    key, stamp = str(model_dir), _stamp(model_dir)
+    with _VERIFIED_LOCK:
+        hit = _VERIFIED.get(key)
+    if hit is not None and hit[0] == stamp:
+        return hit[1]
     try:
         card = modelcard.verify_model_card(model_dir)
+        out: tuple[dict[str, Any] | None, str] = (
+            (card, "verified: the weights match the card's SHA-256 hashes")
+            if card
+            else (None, "missing: made before model cards; its data, K and lineage cannot be checked")
+        )
     except HicaError as e:
-        return None, f"refused: {str(e).replace(str(model_dir), 'the model folder')}"
-    if not card:
-        return None, "missing: made before model cards; its data, K and lineage cannot be checked"
-    return card, "verified: the weights match the card's SHA-256 hashes"
+        out = (None, f"refused: {str(e).replace(str(model_dir), 'the model folder')}")
+    with _VERIFIED_LOCK:
+        _VERIFIED[key] = (stamp, out)
+    return out
 
 
 def _data_text(card: dict[str, Any]) -> str:
@@ -155,7 +179,8 @@ class ModelRegistry:
         d = self.path(name)
         meta = json.loads((d / "config.json").read_text(encoding="utf-8")).get("meta", {})
         desc = meta.get("descriptors")
-        for f in (d / DESCRIPTORS_FILE, d.parent / DESCRIPTORS_FILE):
+        folder = self.settings.models_dir / name  # the model's own folder (d is it, or its model/)
+        for f in (d / DESCRIPTORS_FILE, folder / DESCRIPTORS_FILE):
             if f.is_file() and f.resolve().is_relative_to(self.settings.models_dir):
                 return str(f)
         if isinstance(desc, str) and desc in list_bundled():
@@ -165,22 +190,23 @@ class ModelRegistry:
     # -- loading -------------------------------------------------------------------------------------------
     def predictor(self, name: str) -> tuple[Any, threading.Lock]:
         """The loaded predictor of ``name`` (reloaded when its files change) and the lock to use it under."""
-        from hica import modelcard
         from hica.predict import Predictor
         from hica.runtime import resolve_device, resolve_precision
 
         d = self.path(name)
         stamp = max(f.stat().st_mtime for f in d.iterdir() if f.is_file())
         with self._lock:
-            hit = self._cache.get(name)
+            hit = self._cache.pop(name, None)
             if hit is not None and hit[0] == stamp:
+                self._cache[name] = hit  # most recently used last
                 return hit[1], hit[2]
-            try:
-                modelcard.verify_model_card(d)  # weights changed after training: refused, never loaded
-            except HicaError as e:
-                raise UploadError(f"model {name!r}: {str(e).replace(str(d), 'its folder')}", 409) from e
+            card, said = _card(d)
+            if said.startswith("refused"):  # weights changed after training: refused, never loaded
+                raise UploadError(f"model {name!r}: {said.removeprefix('refused: ')}", 409)
             dev = resolve_device(self.settings.device)
             pred = Predictor(d, dev, resolve_precision(self.settings.precision, dev))
             entry = (stamp, pred, threading.Lock())
             self._cache[name] = entry
+            while len(self._cache) > MAX_LOADED:  # least recently used out (a request using it keeps it)
+                self._cache.pop(next(iter(self._cache)))
             return entry[1], entry[2]

@@ -99,6 +99,8 @@ def check_image(data: bytes, name: str, max_pixels: int) -> tuple[str, int, int]
     try:
         with Image.open(io.BytesIO(data)) as im:
             w, h = im.size
+    except Image.DecompressionBombError as e:  # the header declares more pixels than PIL will open
+        raise UploadError(f"{name}: {e}; the limit is {max_pixels:,} pixels per image", 413) from e
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise UploadError(
             f"{name}: cannot read the image ({e}); upload an intact PNG, JPEG or DICOM", 422

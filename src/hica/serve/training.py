@@ -120,6 +120,8 @@ async def prepare_job(
     mask_of: dict[int, list[str]] = {}
     for j, f in enumerate(masks):
         up = await save_upload(f, j, data, limits, prefix="mask-", decode=True)
+        if up.kind == "dicom":
+            raise UploadError(f"mask {up.name}: masks must be PNG or JPEG images (0 = background)", 415)
         m = _MASK.match(Path(up.name).stem)
         if not m or m["stem"] not in stems:
             raise UploadError(

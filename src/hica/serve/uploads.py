@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from starlette.concurrency import run_in_threadpool
+
 from hica.errors import HicaError
 from hica.io import atomic_write
 from hica.serve.safety import EXTENSION, Upload, UploadError, check_image, check_size, display_name
@@ -30,7 +32,7 @@ def decode_check(path: Path, name: str, max_pixels: int) -> tuple[int, int]:
     from hica.data.sample import Sample, load_image
 
     try:
-        im = load_image(Sample(id=name, label=-1, path=path))
+        im = load_image(Sample(id=name, label=-1, path=path), max_pixels=max_pixels)
     except HicaError as e:
         why = str(e).replace(f"cannot read image {path}: ", "").split(". Replace or remove the file")[0]
         raise UploadError(f"{name}: cannot read the image ({why.replace(str(path), name)})", 422) from e
@@ -53,8 +55,8 @@ async def save_upload(
     path = folder / f"{prefix}{index:04d}{EXTENSION[kind]}"
     atomic_write(path, lambda p: p.write_bytes(data))
     if decode or kind == "dicom":
-        try:
-            w, h = decode_check(path, name, limits.max_pixels)
+        try:  # decoding is CPU work: off the event loop, so other requests are answered meanwhile
+            w, h = await run_in_threadpool(decode_check, path, name, limits.max_pixels)
         except UploadError:
             path.unlink(missing_ok=True)
             raise

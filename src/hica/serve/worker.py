@@ -9,6 +9,7 @@ where it is; the server reads it together with the training log.
 from __future__ import annotations
 
 import shutil
+import signal
 import sys
 import time
 import traceback
@@ -86,11 +87,15 @@ def run_job(job_dir: Path) -> int:
     from hica.config import Stage2Config
 
     job = read_json(job_dir / "job.json")
+    if read_json(job_dir / "status.json").get("state") in ("done", "failed", "cancelled"):
+        return 1  # cancelled before this worker got going
     _status(job_dir, state="running", phase="loading", message="loading the encoder and the uploads")
     try:
         cfg = Stage2Config.model_validate(job["config"])
         _status(job_dir, phase="training", message="HiCA stage 2")
         summary = run_stage2(cfg, job_dir / "run", resume=False)
+        # From here the job finishes: a cancel is refused (409) and SIGTERM waits until the model is in.
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
         _status(job_dir, phase="installing", message="saving the model")
         install_model(job_dir, job, summary)
     except HicaError as e:

@@ -201,7 +201,16 @@ class Descriptors:
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects duplicate mapping keys (plain PyYAML keeps the last one silently)."""
+    """SafeLoader that rejects duplicate mapping keys (plain PyYAML keeps the last one silently) and aliases
+    (``*name``: a small file could otherwise expand to millions of phrases)."""
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, "YAML aliases (*name) are not allowed in descriptor files", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
 
 def _construct_mapping(
@@ -247,6 +256,8 @@ def parse_descriptors(text: str, source: str) -> Descriptors:
         data = yaml.load(stream, Loader=_UniqueKeyLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
         raise HicaError(f"{source}: not valid YAML: {e}") from e
+    except RecursionError as e:
+        raise HicaError(f"{source}: not valid YAML: nested too deeply; {hint}") from e
     if not isinstance(data, dict):
         raise HicaError(f"{source}: expected a mapping with dataset, modality, templates, classes; {hint}")
     try:
