@@ -80,6 +80,9 @@ def test_outputs_written(finished_run) -> None:
     cfg, out, _, result = finished_run
     for name in ("results.md", "metrics.json", "predictions.csv", "config.resolved.yaml", "environment.json"):
         assert (out / name).is_file(), name
+    env = json.loads((out / "environment.json").read_text())
+    assert len(env["git_commit"]) == 40 and isinstance(env["git_clean"], bool)  # the code that made the run
+    assert env["fit_threads"] >= 1
     # zero-shot once; every other method for each K × seed
     n_runs = 1 + (len(ALL_METHODS) - 1) * 2 * 2
     assert len(result["runs"]) == n_runs

@@ -13,6 +13,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from hica.errors import HicaError
+from hica.io import ensure_out_dir, ensure_out_file, out_lock
 
 app = typer.Typer(
     name="hica",
@@ -73,7 +74,8 @@ def _run(cfg: Any, out: Path | None, resume: bool) -> None:
     from hica.report.tables import markdown_tables
 
     out = out or Path("runs") / cfg.name
-    result = Benchmark(cfg, out).run(resume=resume)
+    with out_lock(out):  # checked and locked before anything is encoded
+        result = Benchmark(cfg, out).run(resume=resume)
     typer.echo(markdown_tables(result["summary"], method_order=result["methods"]))
     console.print(f"[green]wrote[/green] {out}/ (results.md, metrics.json, predictions.csv, episodes/)")
 
@@ -235,7 +237,8 @@ def pretrain(
         {"data_root": data_root, "device": device, "precision": precision, "max_images": max_images},
     )
     out = out or Path("runs") / cfg.name
-    summary = run_stage1(cfg, out, resume=resume)
+    with out_lock(out):
+        summary = run_stage1(cfg, out, resume=resume)
     console.print_json(data={k: v for k, v in summary.items() if k != "machine"})
     console.print(
         f"[green]wrote[/green] {out}/encoder — load it as encoder "
@@ -264,7 +267,8 @@ def finetune(
         {"data_root": data_root, "device": device, "precision": precision, "k": k, "seed": seed},
     )
     out = out or Path("runs") / f"{cfg.name}-K{cfg.k}-s{cfg.seed}"
-    summary = run_stage2(cfg, out, resume=resume)
+    with out_lock(out):
+        summary = run_stage2(cfg, out, resume=resume)
     console.print_json(data={k_: v for k_, v in summary.items() if k_ != "machine"})
     console.print(
         f"[green]wrote[/green] {out}/model — classify with  hica predict IMAGES --checkpoint {out}/model"
@@ -293,6 +297,7 @@ def predict(
     from hica.predict import Predictor, collect_images, write_predictions
     from hica.runtime import resolve_device, resolve_precision
 
+    ensure_out_file(out)
     dev = resolve_device(device)
     pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
     print_card_line(checkpoint, pred.card)
@@ -344,6 +349,8 @@ def evaluate(
     from hica.runtime import resolve_device, resolve_precision
 
     merged = parse_merge(merge)
+    if out:
+        ensure_out_file(out)
     dev = resolve_device(device)
     pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
     print_card_line(checkpoint, pred.card)
@@ -370,6 +377,7 @@ def explain(
     from hica.predict import Predictor
     from hica.runtime import resolve_device, resolve_precision
 
+    ensure_out_dir(out)
     dev = resolve_device(device)
     pred = Predictor(checkpoint, dev, resolve_precision(precision, dev))
     print_card_line(checkpoint, pred.card)
@@ -460,7 +468,9 @@ def report(
     robustness curves and heatmap galleries of analyses) from run directories."""
     from hica.report.build import build_report, parse_order, parse_renames
 
-    res = build_report(run_dirs, out, parse_renames(rename), parse_order(order), confusion_method)
+    renames, method_order = parse_renames(rename), parse_order(order)
+    with out_lock(out):
+        res = build_report(run_dirs, out, renames, method_order, confusion_method)
     console.print(
         f"[green]wrote[/green] {res['markdown']}, {res['html']} and {len(res['figures'])} figure(s) "
         f"in {out}/figures"
@@ -490,6 +500,8 @@ def bench_encoder(
     from hica.io import write_json
     from hica.runtime import resolve_device, resolve_precision
 
+    if out:
+        ensure_out_file(out)
     dev = resolve_device(device)
     prec = resolve_precision(precision, dev)
     enc = create_encoder(encoder, **_parse_kv(encoder_arg, "--encoder-arg")).to(dev).eval()
@@ -518,6 +530,8 @@ def bench_table(
     from hica.eval.efficiency import table_walltime
     from hica.io import write_json
 
+    if result:
+        ensure_out_file(result, "--result")
     extra = ["--data-root", data_root] if data_root else []
     res = table_walltime(config, out, extra)
     if result:
@@ -540,10 +554,12 @@ def _analyze(kind: str, config: Path, out: Path | None, overrides: dict, **run_k
     mod = importlib.import_module(f"hica.analysis.{kind}")
     cfg = getattr(mod, f"load_{kind}_config")(config, overrides)
     out = out or Path("runs") / cfg.name
-    getattr(mod, f"run_{kind}")(cfg, out, **run_kw)
+    with out_lock(out):
+        getattr(mod, f"run_{kind}")(cfg, out, **run_kw)
     table = next(out / n for n in ("results.md", "table.md") if (out / n).is_file())
     typer.echo(table.read_text())
-    written = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in out.iterdir()))
+    shown = (p for p in out.iterdir() if not p.name.startswith("."))  # not the lock file
+    written = ", ".join(sorted(p.name + ("/" if p.is_dir() else "") for p in shown))
     console.print(f"[green]wrote[/green] {out}/ ({written})")
 
 
@@ -592,14 +608,42 @@ def _slug(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_" else "-" for ch in Path(text).name or text)[:40]
 
 
+def _interrupted(e: BaseException) -> bool:
+    """Whether ``e`` is, or was raised while handling, a KeyboardInterrupt (typer makes Ctrl-C exit 130)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        if isinstance(cur, KeyboardInterrupt):
+            return True
+        seen.add(id(cur))
+        cur = cur.__cause__ or cur.__context__
+    return False
+
+
+def _error_line(msg: str) -> None:
+    # escape: messages hold paths and lists whose [brackets] are not rich markup; one unwrapped line
+    err_console.print(f"[bold red]error:[/bold red] {escape(msg)}", soft_wrap=True)
+
+
 def main() -> None:
-    """Entry point: user errors print one clear line and exit 2."""
+    """Entry point: user errors (and OSErrors naming a file) print one clear line and exit 2; Ctrl-C prints
+    how to resume and exits 130. Outputs are written atomically, so an interrupted run leaves no half file."""
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         app()
     except HicaError as e:
-        # escape: messages hold paths and lists whose [brackets] are not rich markup; one unwrapped line
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(e))}", soft_wrap=True)
+        _error_line(str(e))
+        sys.exit(2)
+    except (KeyboardInterrupt, SystemExit) as e:
+        if (isinstance(e, SystemExit) and e.code != 130) or not _interrupted(e):
+            raise
+        err_console.print("interrupted: run the same command again to resume", soft_wrap=True)
+        sys.exit(130)
+    except OSError as e:
+        if e.filename is None:
+            raise
+        where = f"{e.filename} -> {e.filename2}" if e.filename2 else str(e.filename)
+        _error_line(f"{where}: {e.strerror or e}")
         sys.exit(2)
 
 

@@ -1,13 +1,19 @@
-"""Atomic file writes: a reader never sees a half-written output."""
+"""Atomic file writes (a reader never sees a half-written output) and output folders checked and locked."""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
 import os
 import tempfile
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
+
+from hica.errors import HicaError
 
 # The process umask, read once at import (reading it means setting it, which is not thread-safe later).
 _UMASK = os.umask(0)
@@ -59,3 +65,120 @@ def save_tensors(path: str | Path, tensors: dict, metadata: dict[str, str] | Non
 
     tensors = {k: v.contiguous() for k, v in tensors.items()}
     return atomic_write(path, lambda p: save_file(tensors, str(p), metadata=metadata))
+
+
+# -- output folders --------------------------------------------------------------------------------------
+def _os_reason(e: OSError) -> str:
+    return e.strerror or str(e)
+
+
+def _file_ancestor(path: Path) -> Path | None:
+    """The first existing ancestor of ``path`` (or ``path`` itself) that is not a folder, if any."""
+    for p in (*reversed(path.parents), path):
+        if p.exists() and not p.is_dir():
+            return p
+    return None
+
+
+def _make_writable_dir(path: Path) -> str | None:
+    """Create the folder ``path`` if needed; None if a file can be written into it, else why not."""
+    blocker = _file_ancestor(path)
+    if blocker is not None:
+        return f"{blocker} is a file, not a folder"
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-probe.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        return f"{path} is not writable ({_os_reason(e)})"
+    return None
+
+
+def ensure_out_dir(path: str | Path, what: str = "--out") -> Path:
+    """Create the output folder ``path`` if needed and check that files can be written into it.
+
+    Raises a HicaError naming the path when it (or a parent) is a file, cannot be created, or is read-only,
+    so a command fails before it computes anything."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise HicaError(f"{what} {path} is a file, not a folder: choose a folder for the outputs")
+    why = _make_writable_dir(path)
+    if why is not None:
+        raise HicaError(f"cannot write {what} {path}: {why}; choose another folder")
+    return path
+
+
+def ensure_out_file(path: str | Path, what: str = "--out") -> Path:
+    """Check that the file ``path`` can be written (its folder is created if needed); HicaError if not."""
+    path = Path(path)
+    if path.is_dir():
+        raise HicaError(f"{what} {path} is a folder: give a file name")
+    why = _make_writable_dir(path.parent)
+    if why is not None:
+        raise HicaError(f"cannot write {what} {path}: {why}; choose another path")
+    return path
+
+
+# Locks this process holds: resolved folder -> (owning thread id, depth). A thread that already holds a
+# folder's lock may take it again (the CLI locks before calling a runner that locks too); flock alone would
+# refuse that, since every open() is a separate lock.
+_HELD: dict[Path, tuple[int, int]] = {}
+_HELD_GUARD = threading.Lock()
+LOCK_NAME = ".lock"
+
+
+def _busy(path: Path, pid: str) -> HicaError:
+    return HicaError(
+        f"another hica run is writing {path} (pid {pid or '?'}); wait for it or choose another --out"
+    )
+
+
+@contextlib.contextmanager
+def out_lock(path: str | Path, what: str = "--out") -> Iterator[Path]:
+    """Hold an exclusive lock on the output folder ``path`` (``path/.lock``, created if needed) while the body
+    runs; a second run writing the same folder gets a HicaError naming the folder and the holder's pid.
+
+    The lock is an ``flock``: the kernel drops it when the holder exits, however it exits (a SIGKILL
+    included), so a stale ``.lock`` file never blocks a later run."""
+    path = ensure_out_dir(path, what)
+    key = path.resolve()
+    me = threading.get_ident()
+    with _HELD_GUARD:
+        held = _HELD.get(key)
+        if held is not None:
+            if held[0] != me:
+                raise _busy(path, str(os.getpid()))
+            _HELD[key] = (me, held[1] + 1)
+    if held is not None:  # re-entered by the thread that holds it
+        try:
+            yield path
+        finally:
+            with _HELD_GUARD:
+                _HELD[key] = (me, _HELD[key][1] - 1)
+        return
+    lock_file = path / LOCK_NAME
+    try:
+        fd = os.open(lock_file, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as e:
+        raise HicaError(f"cannot create the lock file {lock_file} ({_os_reason(e)})") from e
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise HicaError(f"cannot lock {lock_file} ({_os_reason(e)})") from e
+            raise _busy(path, os.pread(fd, 32, 0).decode(errors="replace").strip()) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        with _HELD_GUARD:
+            _HELD[key] = (me, 1)
+        try:
+            yield path
+        finally:
+            with _HELD_GUARD:
+                _HELD.pop(key, None)
+            with contextlib.suppress(OSError):
+                os.ftruncate(fd, 0)  # the file stays (removing a flock file races with a new holder)
+    finally:
+        os.close(fd)  # closing the last descriptor releases the flock

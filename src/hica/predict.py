@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,40 +36,90 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def _check_classifier_meta(clf: Any, cfg_path: Path) -> None:
+    """``meta.classifier`` of a model's config.json: classes (strings), alpha and temperature (numbers)."""
+
+    def number(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    ok = (
+        isinstance(clf, dict)
+        and isinstance(clf.get("classes"), list)
+        and len(clf["classes"]) >= 1
+        and all(isinstance(c, str) for c in clf["classes"])
+        and number(clf.get("alpha"))
+        and number(clf.get("temperature"))
+        and clf["temperature"] > 0
+    )
+    if not ok:
+        raise HicaError(
+            f"checkpoint {cfg_path}: meta.classifier must hold classes (a list of names), alpha and "
+            "temperature (numbers, temperature > 0); the file is damaged or hand-edited"
+        )
+
+
+def _load_prototypes(file: Path, n_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(text, image) class prototypes, each (n_classes, D), from a classifier.safetensors; checked."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        protos = load_file(str(file))
+    except (SafetensorError, OSError) as e:
+        raise HicaError(
+            f"checkpoint {file}: not a readable safetensors file ({e}); it is truncated or damaged: copy the "
+            "model folder again"
+        ) from e
+    t, i = protos.get("text_protos"), protos.get("image_protos")
+    if t is None or i is None or t.ndim != 2 or t.shape != i.shape or t.shape[0] != n_classes:
+        shapes = {k: tuple(v.shape) for k, v in protos.items()}
+        raise HicaError(
+            f"checkpoint {file}: expected text_protos and image_protos of shape ({n_classes}, D) for "
+            f"{n_classes} classes, found {shapes}; the file is damaged or from another model"
+        )
+    return t, i
+
+
 class Predictor:
     """A loaded classifier checkpoint: ``predict(paths)`` → class probabilities."""
 
     def __init__(self, checkpoint: str | Path, device: torch.device, precision: str) -> None:
-        from safetensors.torch import load_file
-
         from hica.alignment.stage2 import CLASSIFIER_FILE
         from hica.encoders import create_encoder
-        from hica.encoders.checkpoint import read_checkpoint_config
+        from hica.encoders.checkpoint import CONFIG_FILE, read_checkpoint_config
 
         path = Path(checkpoint)
         cfg = read_checkpoint_config(path)
-        clf = cfg.get("meta", {}).get("classifier")
+        meta = cfg.get("meta", {})
+        clf = meta.get("classifier") if isinstance(meta, dict) else None
         if not clf or not (path / CLASSIFIER_FILE).is_file():
             raise HicaError(
                 f"checkpoint {path} has no classifier (it is an encoder checkpoint, e.g. from `hica "
                 "pretrain`); "
                 "pass the model folder written by `hica finetune`, or use --zero-shot with --descriptors"
             )
+        _check_classifier_meta(clf, path / CONFIG_FILE)
         from hica.modelcard import verify_model_card
 
         self.card = verify_model_card(path)  # {} for a folder made before model cards
-        protos = load_file(str(path / CLASSIFIER_FILE))
+        text_protos, image_protos = _load_prototypes(path / CLASSIFIER_FILE, len(clf["classes"]))
+        encoder = create_encoder("checkpoint", path=str(path))
+        if text_protos.shape[1] != encoder.embed_dim:
+            raise HicaError(
+                f"checkpoint {path / CLASSIFIER_FILE}: prototypes are {text_protos.shape[1]}-d but the "
+                f"encoder embeds in {encoder.embed_dim}-d; the folder mixes files of different models"
+            )
         self._set(
             path,
-            create_encoder("checkpoint", path=str(path)),
+            encoder,
             clf["classes"],
-            protos["text_protos"],
-            protos["image_protos"],
+            text_protos,
+            image_protos,
             clf["alpha"],
             clf["temperature"],
             device,
             precision,
-            cfg["meta"],
+            meta,
         )
 
     def _set(

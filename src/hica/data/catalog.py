@@ -108,7 +108,9 @@ def _generic(kind: str, path: Path, opts: dict[str, Any]) -> Dataset:
     classes = opts.get("classes")
     name = opts.get("name") or f"{kind}:{path.resolve()}"
     if kind == "manifest":
-        classes, splits = read_manifest(path, classes)
+        classes, splits = read_manifest(
+            path, classes, opts.get("skip_bad", False), opts.get("allow_outside", False)
+        )
     elif kind == "imagefolder":
         if (path / "train").is_dir():
             splits = {}

@@ -29,7 +29,7 @@ from hica.data.sample import Dataset, Sample, load_image
 from hica.encoders import DualEncoder, create_encoder
 from hica.errors import HicaError
 from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
-from hica.io import write_json, write_text
+from hica.io import out_lock, write_json, write_text
 from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
 from hica.runtime import fit_threads, reproducible, resolve_device, resolve_precision
 
@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 
 
 def machine_info(device: torch.device, precision: str) -> dict[str, Any]:
-    """Where a run ran: CPU model, cores, GPU, library versions."""
+    """Where a run ran: CPU model, cores, GPU, library versions, and the code (git commit, clean tree)."""
     cpu = platform.processor()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -61,6 +61,9 @@ def machine_info(device: torch.device, precision: str) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+    from hica.modelcard import git_state
+
+    info["git_commit"], info["git_clean"] = git_state()  # None outside a git checkout
     return info
 
 
@@ -259,9 +262,14 @@ class Benchmark:
     # -- the grid ------------------------------------------------------------------------------------------
     @reproducible
     def run(self, resume: bool = True) -> dict[str, Any]:
-        """Run (or resume) the grid; returns the aggregated results also written to ``out_dir``."""
+        """Run (or resume) the grid; returns the aggregated results also written to ``out_dir``.
+
+        ``out_dir`` is locked for the run: a second run writing it at the same time is refused (HicaError)."""
+        with out_lock(self.out):
+            return self._run_grid(resume)
+
+    def _run_grid(self, resume: bool) -> dict[str, Any]:
         t_start = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
         parts = self.out / "parts"
         parts.mkdir(exist_ok=True)
         write_text(self.out / "config.resolved.yaml", dump_config(self.cfg))
