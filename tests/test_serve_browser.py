@@ -37,6 +37,8 @@ CHROMIUM_ARGS = [
     "--disable-dev-shm-usage",
 ]
 VIEWPORT = {"width": 1280, "height": 900}
+# Page actions and expectations wait up to 60 s: a loaded 2-core CI machine can take seconds per request.
+expect.set_options(timeout=60_000)
 
 
 def _chromium() -> str:
