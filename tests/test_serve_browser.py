@@ -191,7 +191,9 @@ def test_train_in_the_browser_then_predict_with_the_new_model(page, server, data
     img = busi_image(data_root, "benign", 5)
     page.set_input_files("#files", str(img))
     page.click("#run")
-    predicted = page.wait_for_selector(f".result[data-file='{img.name}'] .predicted").inner_text()
+    shown = page.wait_for_selector(f".result[data-file='{img.name}'] .predicted, #message.error")
+    assert "error" not in (shown.get_attribute("class") or ""), page.inner_text("#message")
+    predicted = shown.inner_text()
     assert predicted in ("benign", "malignant")  # the new model knows only its two classes
     assert page.locator(f".result[data-file='{img.name}'] .prob").count() == 2
 

@@ -94,15 +94,16 @@ function downloadCsv() {
 }
 
 async function init() {
+  // Handlers first: a click while the lists below still load must not submit the form natively.
+  document.getElementById("zero_shot").addEventListener("change", (e) => { document.getElementById("zs").hidden = !e.target.checked; });
+  document.getElementById("form").addEventListener("submit", classify);
+  document.getElementById("csv").addEventListener("click", downloadCsv);
   const wanted = new URLSearchParams(location.search).get("model");
   try {
     const models = await fillModels(document.getElementById("model"), wanted);
     if (!models.length) showMessage("no models yet: train one on the Train page", "info");
     await fillDescriptors(document.getElementById("descriptors"));
   } catch (e) { showMessage(e.message, "error"); }
-  document.getElementById("zero_shot").addEventListener("change", (e) => { document.getElementById("zs").hidden = !e.target.checked; });
-  document.getElementById("form").addEventListener("submit", classify);
-  document.getElementById("csv").addEventListener("click", downloadCsv);
 }
 
 init();

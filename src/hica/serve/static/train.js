@@ -15,18 +15,23 @@ function classRows(classes) {
   }
 }
 
+let classesRequest = 0;
 async function loadClasses() {
+  const mine = ++classesRequest;  // only the latest choice is shown, whichever answer comes last
   const up = document.getElementById("descriptors_file").files[0];
   try {
+    let data;
     if (up) {
       const fd = new FormData();
       fd.append("descriptors_file", up);
-      classRows((await api("/api/descriptors/check", { method: "POST", body: fd })).classes);
+      data = await api("/api/descriptors/check", { method: "POST", body: fd });
     } else {
-      classRows((await api(`/api/descriptors/${encodeURIComponent(document.getElementById("descriptors").value)}`)).classes);
+      data = await api(`/api/descriptors/${encodeURIComponent(document.getElementById("descriptors").value)}`);
     }
+    if (mine !== classesRequest) return;
+    classRows(data.classes);
     showMessage("");
-  } catch (e) { showMessage(e.message, "error"); }
+  } catch (e) { if (mine === classesRequest) showMessage(e.message, "error"); }
 }
 
 async function start(ev) {
@@ -100,14 +105,15 @@ async function refresh() {
 }
 
 async function init() {
-  try {
-    await fillDescriptors(document.getElementById("descriptors"));
-    await loadClasses();
-  } catch (e) { showMessage(e.message, "error"); }
+  // Handlers first: a click while the lists below still load must not submit the form natively.
   document.getElementById("descriptors").addEventListener("change", loadClasses);
   document.getElementById("descriptors_file").addEventListener("change", loadClasses);
   document.getElementById("form").addEventListener("submit", start);
   refresh();
+  try {
+    await fillDescriptors(document.getElementById("descriptors"));
+    await loadClasses();
+  } catch (e) { showMessage(e.message, "error"); }
 }
 
 init();
