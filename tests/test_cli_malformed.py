@@ -8,13 +8,11 @@ exception escaping ``main`` is what a user would see as a traceback, and fails t
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
-
-from hica.cli import main
+from cli_helpers import run_main
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -22,20 +20,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """(exit code, stdout + stderr) of ``hica ARGS``; (-1, "Traceback: ...") when an exception other than
     SystemExit escapes (what a user would see as a traceback)."""
-    argv = sys.argv
-    sys.argv = ["hica", *args]
     try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
+        code, out, err = run_main(args, capsys)
     except Exception as e:  # noqa: BLE001 — exactly what must not happen: reported by the caller
         capsys.readouterr()
         return -1, f"Traceback: a {type(e).__name__} reached the user: {e}"
-    finally:
-        sys.argv = argv
-    out = capsys.readouterr()
-    return code, out.out + out.err
+    return code, out + err
 
 
 def _yaml(path: Path, obj) -> str:

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_helpers import run_main
 
-from hica.cli import main
 from hica.errors import HicaError
 from hica.io import out_lock
 
@@ -42,16 +42,8 @@ INTERRUPTED = "interrupted: run the same command again to resume"
 def run_cli(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str]:
     """(exit code, stderr) of ``hica ARGS`` run in process through ``main``; an exception other than
     SystemExit escaping ``main`` (a traceback for a user) propagates and fails the test."""
-    argv = sys.argv
-    sys.argv = ["hica", *args]
-    try:
-        main()
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else 1
-    finally:
-        sys.argv = argv
-    return code, capsys.readouterr().err
+    code, _, err = run_main(args, capsys)
+    return code, err
 
 
 def one_error_line(err: str) -> str:
