@@ -138,3 +138,20 @@ def test_measured_limits_quote_their_sources() -> None:
         text = src.read_text(encoding="utf-8")
         for num in re.findall(r"\d\.\d{3}", lim["text"]):
             assert num in text, (num, lim["source"])
+
+
+def test_a_remembered_check_does_not_hide_a_later_change(model: Path, tmp_path: Path) -> None:
+    """A verified folder is not re-hashed until it changes, and a change that restores the old size and
+    mtime is still seen (the file's ctime moves)."""
+    import os
+
+    m = _copy(model, tmp_path)
+    assert modelcard.verify_model_card(m)["name"] == "card-test"
+    clf = m / "classifier.safetensors"
+    st = clf.stat()
+    data = bytearray(clf.read_bytes())
+    data[-1] ^= 0x01
+    clf.write_bytes(bytes(data))
+    os.utime(clf, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime as when it was verified
+    with pytest.raises(HicaError, match="does not match its model card"):
+        modelcard.verify_model_card(m)

@@ -12,10 +12,12 @@ See ``docs/model-cards.md``.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import shutil
 import subprocess
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -404,10 +406,45 @@ def read_model_card(model_dir: str | Path) -> dict[str, Any] | None:
     return card
 
 
+_VERIFIED: dict[str, tuple[tuple, dict[str, Any]]] = {}
+_VERIFIED_LOCK = threading.Lock()
+
+
+def _folder_state(d: Path) -> tuple:
+    """What changes when any file of the folder is written or replaced: (name, inode, size, mtime, ctime) of
+    each. ctime is set by the kernel on every write or utime call, so a file edited and given back its old
+    mtime still counts as changed."""
+    out = []
+    for p in sorted(d.iterdir()):
+        if p.is_file():
+            st = p.stat()
+            out.append((p.name, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns))
+    return tuple(out)
+
+
 def verify_model_card(model_dir: str | Path) -> dict[str, Any]:
     """The folder's card, checked against its weights files; ``{}`` when the folder has no card (made before
-    cards existed: it still loads). A card whose hashes do not match the weights raises HicaError."""
+    cards existed: it still loads). A card whose hashes do not match the weights raises HicaError.
+
+    Hashing reads every weights file, so a successful check is remembered until a file of the folder
+    changes (a model loaded by ``Predictor`` and its checkpoint encoder, or listed by the app, is hashed
+    once).
+    """
     d = Path(model_dir)
+    state = _folder_state(d) if d.is_dir() else None
+    key = str(d.resolve())
+    with _VERIFIED_LOCK:
+        hit = _VERIFIED.get(key)
+    if hit is not None and hit[0] == state:
+        return copy.deepcopy(hit[1])
+    card = _verify(d)
+    if state is not None:
+        with _VERIFIED_LOCK:
+            _VERIFIED[key] = (state, copy.deepcopy(card))
+    return card
+
+
+def _verify(d: Path) -> dict[str, Any]:
     card = read_model_card(d)
     if card is None:
         return {}

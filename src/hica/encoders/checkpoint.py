@@ -10,7 +10,6 @@ name with shape checks. Only safetensors is read: nothing is unpickled.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
@@ -133,11 +132,9 @@ def load_encoder_weights(encoder: DualEncoder, path: str | Path, expect_fingerpr
 
 
 def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()[:20]
+    from hica.modelcard import sha256_file
+
+    return sha256_file(path)[:20]
 
 
 @register("checkpoint")

@@ -33,40 +33,18 @@ def _model_dir(folder: Path) -> Path | None:
     return None
 
 
-_VERIFIED: dict[str, tuple[tuple, tuple[dict[str, Any] | None, str]]] = {}
-_VERIFIED_LOCK = threading.Lock()
-
-
-def _stamp(model_dir: Path) -> tuple:
-    """What changes when any file of the folder changes (name, size, mtime of each)."""
-    return tuple(
-        (p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in sorted(model_dir.iterdir()) if p.is_file()
-    )
-
-
 def _card(model_dir: Path) -> tuple[dict[str, Any] | None, str]:
-    """The folder's model card checked against its weights (``hica.modelcard``), and what that check said.
-
-    The SHA-256 check reads every weights file, so its result is kept until a file of the folder changes."""
+    """The folder's model card checked against its weights (``hica.modelcard``, which remembers a check
+    until a file of the folder changes), and what that check said."""
     from hica import modelcard
 
-    key, stamp = str(model_dir), _stamp(model_dir)
-    with _VERIFIED_LOCK:
-        hit = _VERIFIED.get(key)
-    if hit is not None and hit[0] == stamp:
-        return hit[1]
     try:
         card = modelcard.verify_model_card(model_dir)
-        out: tuple[dict[str, Any] | None, str] = (
-            (card, "verified: the weights match the card's SHA-256 hashes")
-            if card
-            else (None, "missing: made before model cards; its data, K and lineage cannot be checked")
-        )
     except HicaError as e:
-        out = (None, f"refused: {str(e).replace(str(model_dir), 'the model folder')}")
-    with _VERIFIED_LOCK:
-        _VERIFIED[key] = (stamp, out)
-    return out
+        return None, f"refused: {str(e).replace(str(model_dir), 'the model folder')}"
+    if not card:
+        return None, "missing: made before model cards; its data, K and lineage cannot be checked"
+    return card, "verified: the weights match the card's SHA-256 hashes"
 
 
 def _data_text(card: dict[str, Any]) -> str:
