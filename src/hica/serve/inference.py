@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from hica.errors import HicaError
-from hica.serve.safety import Upload
+from hica.serve.safety import Upload, upload_message
 
 OVERLAY_ALPHA = 0.45  # as `hica explain`'s PNGs
 
@@ -69,7 +69,7 @@ def classify_uploads(
                 x = predictor.encoder.preprocess(load_image(Sample(id=up.name, label=-1, path=up.path)))
                 probs = predictor.probs_of(x[None])[0].numpy()
         except HicaError as e:
-            res["error"] = _short(str(e), up)
+            res["error"] = upload_message(str(e), up.path, up.name)
             results.append(res)
             continue
         probs = np.asarray(probs, dtype=np.float64)
@@ -77,12 +77,6 @@ def classify_uploads(
         res["probs"] = {c: round(float(p), 6) for c, p in zip(predictor.classes, probs, strict=True)}
         results.append(res)
     return results
-
-
-def _short(message: str, up: Upload) -> str:
-    """The library's message with the server-side path replaced by the uploaded file's name."""
-    msg = message.replace(str(up.path), up.name)
-    return msg.split(". Replace or remove the file")[0]
 
 
 def results_csv(results: list[dict[str, Any]], classes: list[str]) -> str:

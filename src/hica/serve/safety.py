@@ -35,6 +35,12 @@ def check_name(name: str, what: str = "model name") -> str:
     return name
 
 
+def upload_message(message: str, path: Path, name: str) -> str:
+    """A library error about the server-side file ``path`` as a user reads it: the uploaded file's name
+    instead of the path, without the command-line advice (``--skip-bad``) that does not apply here."""
+    return message.replace(str(path), name).split(". Replace or remove the file")[0]
+
+
 def check_job_id(job_id: str) -> str:
     if not JOB_ID_RE.match(job_id or ""):
         raise UploadError(f"job id {job_id!r} is not a job id (12 hex digits)", 400)

@@ -9,7 +9,15 @@ from starlette.concurrency import run_in_threadpool
 
 from hica.errors import HicaError
 from hica.io import atomic_write
-from hica.serve.safety import EXTENSION, Upload, UploadError, check_image, check_size, display_name
+from hica.serve.safety import (
+    EXTENSION,
+    Upload,
+    UploadError,
+    check_image,
+    check_size,
+    display_name,
+    upload_message,
+)
 from hica.serve.settings import Limits
 
 
@@ -28,20 +36,16 @@ async def read_capped(file: Any, max_bytes: int) -> bytes:
 
 
 def decode_check(path: Path, name: str, max_pixels: int) -> tuple[int, int]:
-    """Decode the written file with the library's loader (DICOM included); UploadError 422 when unreadable."""
+    """Decode the written file with the library's loader (DICOM included), which refuses images over
+    ``max_pixels`` before decoding; UploadError 422 when unreadable or too large."""
     from hica.data.sample import Sample, load_image
 
     try:
         im = load_image(Sample(id=name, label=-1, path=path), max_pixels=max_pixels)
     except HicaError as e:
-        why = str(e).replace(f"cannot read image {path}: ", "").split(". Replace or remove the file")[0]
-        raise UploadError(f"{name}: cannot read the image ({why.replace(str(path), name)})", 422) from e
-    w, h = im.size
-    if w * h > max_pixels:
-        raise UploadError(
-            f"{name}: {w}x{h} = {w * h:,} pixels is over the limit of {max_pixels:,} pixels per image", 413
-        )
-    return w, h
+        why = upload_message(str(e).replace(f"cannot read image {path}: ", ""), path, name)
+        raise UploadError(f"{name}: cannot read the image ({why})", 422) from e
+    return im.size
 
 
 async def save_upload(
