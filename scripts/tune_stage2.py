@@ -16,8 +16,8 @@ import numpy as np
 import yaml
 
 from hica.config import validate_config
-from hica.eval.protocol import Benchmark
 from hica.io import write_json, write_text
+from hica.jobs.benchmark import run_benchmark
 
 
 def main() -> None:
@@ -45,7 +45,7 @@ def main() -> None:
                 },
                 str(args.config),
             )
-            Benchmark(cfg, args.out / ds / name, progress=False).run()
+            run_benchmark(cfg, args.out / ds / name, progress=False)
             parts = sorted((args.out / ds / name / "parts").glob("*.json"))
             recs = [json.loads(p.read_text()) for p in parts]
             for k in spec["shots"]:

@@ -26,8 +26,8 @@ def busi_image(data_root: Path, cls: str = "benign", i: int = 1, mask: bool = Fa
 def tiny_model(data_root: Path) -> Path:
     """A HiCA stage-2 model (K=1, 2 steps, 64 px) on real BUSI, trained once per process; its folder."""
     if "tiny" not in _BUILT:
-        from hica.alignment.stage2 import run_stage2
         from hica.config import Stage2Config
+        from hica.jobs.finetune import run_stage2
 
         tmp = Path(tempfile.mkdtemp(prefix="hica-serve-model-"))
         atexit.register(shutil.rmtree, tmp, True)

@@ -11,7 +11,7 @@ import torch
 
 from hica.data.descriptors import MODES, list_bundled, load_descriptors
 from hica.errors import HicaError
-from hica.textbank import build_class_text
+from hica.model.class_text import build_class_text
 
 EXPECTED = {
     "busi": ["benign", "malignant", "normal"],

@@ -35,7 +35,7 @@ def two_threads():
 
 
 def test_stage2_fit_twice_gives_byte_identical_weights(data_root: Path, tmp_path: Path, two_threads) -> None:
-    from hica.alignment.stage2 import run_stage2
+    from hica.jobs.finetune import run_stage2
 
     cfg = Stage2Config.model_validate(
         {

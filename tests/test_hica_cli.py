@@ -263,6 +263,13 @@ def test_analyze_efficiency_end_to_end(finetuned: Path, data_root: Path, tmp_pat
         assert m["skipped"] == ["cuda: no GPU on this machine"]
         assert "no GPU on this machine" in (out / "results.md").read_text()
     assert _time_v(tmp_path / "absent.txt") == {}
+    assert m["grid"]["parts_computed"] == len(inf) and m["grid"]["parts_resumed"] == 0
+
+    # a rerun keeps the finished measurements (GridRun parts) unless told --no-resume
+    res = CliRunner().invoke(app, ["analyze", "efficiency", "--config", str(cfg), "--out", str(out)])
+    assert res.exit_code == 0, (res.output, res.exception)
+    again = json.loads((out / "metrics.json").read_text())
+    assert again["grid"]["parts_resumed"] == len(inf) and again["inference"] == inf
 
     bad = _write(tmp_path / "bad.yaml", {"models": [{"name": "x", "checkpoint": "nope", "image": str(img)}]})
     res = CliRunner().invoke(

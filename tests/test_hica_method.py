@@ -30,10 +30,10 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 def episode(data_root: Path):
     """(encoder, data with masks, val images): support = the first train image of each class, val = the
     first val image of each class, preprocessed by the encoder at 64 px; masks in the same geometry."""
-    from hica.alignment.imagedata import load_store
     from hica.data.catalog import load_dataset
     from hica.data.descriptors import load_descriptors
     from hica.data.sample import load_image
+    from hica.model.imagedata import load_store
 
     if not (data_root / "busi").is_dir():
         missing_data(f"BUSI not found under {data_root}")
@@ -142,6 +142,18 @@ def test_hica_with_masks_trains_a_copy_and_is_deterministic(episode) -> None:
     assert m1.alpha in ALPHAS and m1.selected["alpha"] == m1.alpha
     assert 0 <= m1.selected["val_accuracy"] <= 1
     assert len(m1.selected["head_loss"]) == 2 and len(m1.selected["train_loss"]) == 2
+    # every step's named loss terms are logged (both phases), outside ``selected`` (written to result tables)
+    assert [len(m1.loss_log["head"]), len(m1.loss_log["train"])] == [FAST["head_steps"], FAST["steps"]]
+    assert set(m1.selected) == {"alpha", "val_accuracy", "roi_source", "head_loss", "train_loss"}
+    for phase in ("head", "train"):
+        assert all(
+            {"total", "global", "local", "cross", "local/contrast", "cross/img"} <= set(t)
+            for t in m1.loss_log[phase]
+        )
+    head = [round(m1.loss_log["head"][i]["total"], 4) for i in (0, -1)]
+    train = [round(m1.loss_log["train"][i]["total"], 4) for i in (0, -1)]
+    assert m1.selected["head_loss"] == head and m1.selected["train_loss"] == train
+    assert str(m1.loss_log) == str(m2.loss_log)  # (str: a diagnostic may be nan)
     # the copy was trained: image tower (past the frozen stages) and text head moved
     trained = m1.model.encoder
     assert not torch.equal(trained.trunk.conv_head.weight, enc.trunk.conv_head.weight)
@@ -189,5 +201,9 @@ def test_variants(episode, name: str, roi: str) -> None:
     enc, data = episode
     m = _fit(name, enc, data)
     assert m.name == name and m.selected["roi_source"] == roi
+    levels = ("global", "local", "cross")
+    on = {term for term in levels if m.hparams[f"use_{term}"]}
+    for terms in m.loss_log["head"] + m.loss_log["train"]:  # an ablated term is not logged
+        assert {term for term in levels if term in terms} == on
     assert m.alpha in ALPHAS
     _check_probs(m.predict_proba(data.val), 3)

@@ -14,20 +14,20 @@ import yaml
 from torch import nn
 
 from hica.analysis import localization as loc
-from hica.analysis.localization import (
-    LocalizationConfig,
+from hica.analysis.localization import LocalizationConfig, load_localization_config, run_localization
+from hica.errors import HicaError
+from hica.eval.gradcam import cam_layer, grad_cam
+from hica.eval.localization import (
+    MAPS,
     center_prior,
     energy_in_mask,
-    grad_cam,
     is_degenerate,
-    load_localization_config,
+    max_point,
     pointing_chance,
     pointing_game,
-    run_localization,
     topk_iou,
     topk_iou_chance,
 )
-from hica.errors import HicaError
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -112,7 +112,7 @@ def test_chance_levels() -> None:
 def test_center_prior_peaks_in_the_middle() -> None:
     p = center_prior(64, 0.25)
     assert p.shape == (64, 64) and np.allclose(p, p.T) and np.allclose(p, p[::-1])
-    assert loc.max_point(p) == (32, 32)  # the 4 central pixels tie: rounded centroid 31.5 → 32
+    assert max_point(p) == (32, 32)  # the 4 central pixels tie: rounded centroid 31.5 → 32
     # σ = 16 px about the centre 31.5: pixel 48 is 16.5 px off, pixel 32 is 0.5 px off.
     assert p[32, 32] / p[32, 48] == pytest.approx(math.exp((16.5**2 - 0.5**2) / (2 * 16**2)))
     assert pointing_game(p, _box((64, 64), slice(28, 36), slice(28, 36)), tolerance=0)
@@ -162,7 +162,7 @@ def test_grad_cam_peaks_on_the_region_the_class_depends_on() -> None:
 
 def test_cam_layer_refuses_an_encoder_without_conv_trunk() -> None:
     with pytest.raises(HicaError, match="Grad-CAM"):
-        loc.cam_layer(nn.Linear(2, 2))
+        cam_layer(nn.Linear(2, 2))
 
 
 # -- config and bad input --------------------------------------------------------------------------------
@@ -215,7 +215,7 @@ def test_run_localization_tiny_real_busi_and_resume(
     s = res["summary"]
     assert s["n_images"] == {"all": 6, "benign": 3, "malignant": 3}
     assert res["excluded"] == {"normal": 41}  # BUSI normal test images: empty masks
-    for m in loc.MAPS:
+    for m in MAPS:
         for key in ("all", "benign", "malignant"):
             for name, v in s["maps"][m][key].items():
                 assert 0 <= v["mean"] <= 1, (m, key, name)
@@ -223,7 +223,7 @@ def test_run_localization_tiny_real_busi_and_resume(
     for v in s["chance"]["all"].values():
         assert 0 < v < 1
     rows = list(csv.DictReader((out / "per_image.csv").open()))
-    assert len(rows) == 6 * len(loc.MAPS) and {r["map"] for r in rows} == set(loc.MAPS)
+    assert len(rows) == 6 * len(MAPS) and {r["map"] for r in rows} == set(MAPS)
     part = json.loads((out / "parts/seed1.json").read_text())
     assert len(part["images"][0]["grids"]["hica_map"]) == 2  # 64 px → 2×2 grid
     assert json.loads((out / "metrics.json").read_text())["machine"]["device"] == "cpu"
@@ -253,7 +253,7 @@ def test_grad_cam_on_the_default_encoder_matches_a_manual_gradient() -> None:
 
     x = torch.randn(2, 3, 64, 64)
     target = torch.tensor([0, 2])
-    layer = loc.cam_layer(enc)
+    layer = cam_layer(enc)
     cam = grad_cam(logits, layer, x, target, model=enc)
 
     kept: dict[str, torch.Tensor] = {}

@@ -14,7 +14,7 @@ from threadpoolctl import threadpool_limits
 
 from hica.errors import HicaError
 from hica.methods import ClassText, FewShotData, method_registry
-from hica.methods._select import val_score
+from hica.methods.selection import val_score
 
 FEATURE_METHODS = ["zeroshot", "prototype", "knn", "linear_probe", "tip_adapter", "tip_adapter_f", "clap"]
 TEXT_METHODS = ["zeroshot", "tip_adapter", "tip_adapter_f", "clap"]

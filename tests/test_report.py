@@ -189,7 +189,8 @@ def test_report_on_committed_baselines(tmp_path: Path) -> None:
 
 def _robustness_dir(root: Path) -> Path:
     """A robustness output built with the analysis's own summary/markdown code from synthetic records."""
-    from hica.analysis.robustness import RobustnessConfig, markdown, summarize
+    from hica.analysis.robustness_config import RobustnessConfig
+    from hica.report.robustness import markdown, summarize
 
     cfg = RobustnessConfig(
         name="toy-robust",

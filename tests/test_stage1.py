@@ -23,9 +23,6 @@ from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from threadpoolctl import threadpool_limits
 
-from hica.alignment.augment import training_augment
-from hica.alignment.imagedata import input_spec, load_store
-from hica.alignment.stage1 import TextCorpus, build_corpus, kmeans_assign, run_stage1
 from hica.config import Stage1Config
 from hica.data.sample import Sample, load_mask
 from hica.encoders import create_encoder
@@ -38,6 +35,9 @@ from hica.encoders.checkpoint import (
     save_encoder,
 )
 from hica.errors import HicaError
+from hica.jobs.stage1 import TextCorpus, build_corpus, kmeans_assign, run_stage1
+from hica.model.augment import training_augment
+from hica.model.imagedata import input_spec, load_store
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 
@@ -483,7 +483,7 @@ def _small_corpus(real):
 
 @pytest.fixture(scope="module")
 def stage1_run(data_root: Path, tmp_path_factory) -> tuple[Path, dict]:
-    import hica.alignment.stage1 as s1
+    import hica.jobs.stage1.runner as s1
 
     if not (data_root / "busi").is_dir():
         pytest.skip(f"BUSI not found under {data_root}")

@@ -15,16 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from hica.analysis.unseen import (
-    NOT_DISTINGUISHABLE,
-    UnseenConfig,
-    bootstrap_seed_mean,
-    chance_levels,
-    load_unseen_config,
-    run_unseen,
-    versus_chance,
-)
+from hica.analysis.unseen import UnseenConfig, load_unseen_config, run_unseen
 from hica.errors import HicaError
+from hica.eval.grid import STAMP
+from hica.eval.stats import NOT_DISTINGUISHABLE, bootstrap_seed_mean, chance_levels, versus_chance
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -50,8 +44,8 @@ def _cfg(data_root: Path, **over) -> UnseenConfig:
 @pytest.fixture(scope="module")
 def tiny_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """(out dir, result, fitted HiCA methods, fit data, ids of every image and mask read)."""
-    import hica.alignment.imagedata as imagedata
     import hica.eval.protocol as protocol
+    import hica.model.imagedata as imagedata
     from hica.methods.hica import HiCA
 
     if not (data_root / "busi").is_dir():
@@ -84,8 +78,9 @@ def tiny_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
 
 def test_outputs_and_probabilities(tiny_run) -> None:
     out, res, *_ = tiny_run
-    for f in ("metrics.json", "table.md", "predictions.csv", "config.resolved.yaml"):
+    for f in ("metrics.json", "table.md", "predictions.csv", "config.resolved.yaml", "environment.json"):
         assert (out / f).is_file(), f
+    assert json.loads((out / "environment.json").read_text())["encoder"]["encoder"] == "default"
     assert sorted(p.name for p in (out / "parts").iterdir()) == [
         "before_alignment.json",
         "malignant__s1.json",
@@ -94,6 +89,9 @@ def test_outputs_and_probabilities(tiny_run) -> None:
     probs = np.array(part["probs"])
     assert probs.shape == (12, 3) and np.allclose(probs.sum(1), 1, atol=1e-5)  # all 3 classes, h included
     assert part["seen"] == ["benign", "normal"] and part["shots"] == {"support": 2, "val": 2}
+    assert part["config_hash"] == res["config_hash"] and len(part["eval_ids"]) == 12 and STAMP in part
+    assert res["grid"]["parts_computed"] == 2 and res["grid"]["parts_resumed"] == 0
+    assert "seconds" not in res["grid"] and all(STAMP not in h for h in res["holdouts"].values())
     h = res["holdouts"]["malignant"]
     assert set(h["heldout"]) == {"malignant"}
     assert set(h["heldout"]["malignant"]) == {"recall", "ovr_auc", "before_alignment"}
@@ -129,7 +127,7 @@ def test_resume_skips_matching_parts(tiny_run, data_root: Path, monkeypatch: pyt
     calls: list[int] = []
     monkeypatch.setattr(HiCA, "fit", lambda *a, **kw: calls.append(1))
     again = run_unseen(_cfg(data_root), out)
-    assert calls == [] and again["resumed_parts"] == 2
+    assert calls == [] and again["resumed_parts"] == 2 and again["grid"]["parts_computed"] == 0
     assert again["holdouts"] == res["holdouts"]
     # A part from another configuration is recomputed (the stub fit fails loudly when called).
     part = out / "parts" / "malignant__s1.json"
@@ -143,8 +141,8 @@ def test_resume_skips_matching_parts(tiny_run, data_root: Path, monkeypatch: pyt
 
 def test_zero_shot_equals_exported_predictor(tiny_run, data_root: Path, tmp_path: Path) -> None:
     """The run's zero-shot probabilities = `hica predict --zero-shot --descriptors busi` on the export."""
-    from hica.alignment.stage2 import export_classifier
     from hica.data.catalog import load_dataset
+    from hica.jobs.finetune import export_classifier
     from hica.predict import Predictor
 
     out, _, fitted, *_ = tiny_run

@@ -19,7 +19,9 @@ from pydantic import (
 from hica.errors import HicaError
 
 
-class _Strict(BaseModel):
+class StrictConfig(BaseModel):
+    """A config model whose unknown keys are errors (the base of every YAML config)."""
+
     model_config = ConfigDict(extra="forbid")
 
 
@@ -30,7 +32,7 @@ def distinct_seeds(v: list[int]) -> list[int]:
     return v
 
 
-class EncoderConfig(_Strict):
+class EncoderConfig(StrictConfig):
     """Which encoder to build: a registry name and its keyword arguments."""
 
     name: str = "default"
@@ -45,7 +47,7 @@ class EncoderConfig(_Strict):
         return self
 
 
-class BenchmarkConfig(_Strict):
+class BenchmarkConfig(StrictConfig):
     """A benchmark grid: datasets × K × seeds × methods on one encoder."""
 
     name: str = "benchmark"
@@ -123,7 +125,7 @@ class BenchmarkConfig(_Strict):
         return self
 
 
-class Stage1Image(_Strict):
+class Stage1Image(StrictConfig):
     """Stage-1 image adaptation (DeepCluster-v2 on unlabeled images)."""
 
     enabled: bool = True
@@ -140,7 +142,7 @@ class Stage1Image(_Strict):
     bn_recalibration_images: int = Field(1024, ge=0)
 
 
-class Stage1Text(_Strict):
+class Stage1Text(StrictConfig):
     """Stage-1 text adaptation (SimCSE + descriptor hierarchy on a domain corpus)."""
 
     enabled: bool = True
@@ -153,7 +155,7 @@ class Stage1Text(_Strict):
     train_layers: int = Field(2, ge=1)
 
 
-class Stage1Config(_Strict):
+class Stage1Config(StrictConfig):
     """``hica pretrain``: domain-specific pretraining of the encoder on one dataset's unlabeled images."""
 
     name: str = "stage1"
@@ -183,7 +185,7 @@ class Stage1Config(_Strict):
         return v
 
 
-class Stage2Config(_Strict):
+class Stage2Config(StrictConfig):
     """``hica finetune``: HiCA stage 2 on one K-shot episode of a dataset (the benchmark runs many)."""
 
     name: str = "stage2"

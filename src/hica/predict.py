@@ -84,9 +84,9 @@ class Predictor:
     """A loaded classifier checkpoint: ``predict(paths)`` → class probabilities."""
 
     def __init__(self, checkpoint: str | Path, device: torch.device, precision: str) -> None:
-        from hica.alignment.stage2 import CLASSIFIER_FILE
         from hica.encoders import create_encoder
         from hica.encoders.checkpoint import CONFIG_FILE, read_checkpoint_config
+        from hica.jobs.finetune import CLASSIFIER_FILE
 
         path = Path(checkpoint)
         cfg = read_checkpoint_config(path)
@@ -99,7 +99,7 @@ class Predictor:
                 "pass the model folder written by `hica finetune`, or use --zero-shot with --descriptors"
             )
         _check_classifier_meta(clf, path / CONFIG_FILE)
-        from hica.modelcard import verify_model_card
+        from hica.integrity import verify_model_card
 
         self.card = verify_model_card(path)  # {} for a folder made before model cards
         text_protos, image_protos = _load_prototypes(path / CLASSIFIER_FILE, len(clf["classes"]))
@@ -182,7 +182,7 @@ class Predictor:
     def use_descriptors(self, name_or_path: str) -> None:
         """Zero-shot: class prototypes from a descriptor file's prompts (any class set), text only."""
         from hica.data.descriptors import load_descriptors
-        from hica.textbank import build_class_text
+        from hica.model.class_text import build_class_text
 
         desc = load_descriptors(name_or_path)
         ct = build_class_text(self.encoder, desc, desc.classes, mode="ensemble")
@@ -190,6 +190,23 @@ class Predictor:
         self.text_protos = ct.class_emb.to(self.device)
         self.image_protos = torch.zeros_like(self.text_protos)
         self.alpha = 1.0
+
+    def choose_classes(self, descriptors: str | None, zero_shot: bool) -> None:
+        """``hica predict``'s class set: with ``zero_shot``, the classes of ``descriptors`` (required), from
+        text; else ``descriptors``, when given, must name the checkpoint's own classes."""
+        if zero_shot:
+            if not descriptors:
+                raise HicaError("--zero-shot needs --descriptors NAME|PATH (the classes to tell apart)")
+            self.use_descriptors(descriptors)
+        elif descriptors:
+            from hica.data.descriptors import load_descriptors
+
+            want = load_descriptors(descriptors).classes
+            if sorted(want) != sorted(self.classes):
+                raise HicaError(
+                    f"checkpoint {self.path} was trained for classes {self.classes}, but --descriptors "
+                    f"{descriptors} has {want}; use --zero-shot to classify other classes from text"
+                )
 
     @torch.no_grad()
     def probs_of(self, images: torch.Tensor) -> torch.Tensor:
@@ -245,6 +262,24 @@ def predictions_csv(paths: Sequence[Path], probs: torch.Tensor, classes: list[st
 def write_predictions(out: Path, paths: Sequence[Path], probs: torch.Tensor, classes: list[str]) -> Any:
     """Write the CSV atomically."""
     return write_text(out, predictions_csv(paths, probs, classes))
+
+
+def load_predictor(checkpoint: str | Path, device: str = "auto", precision: str = "auto") -> Predictor:
+    """The classifier in ``checkpoint`` on ``device`` (auto | cpu | cuda[:N]) at ``precision`` (auto | fp32 |
+    bf16), its model card checked."""
+    from hica.runtime import resolve_device, resolve_precision
+
+    dev = resolve_device(device)
+    return Predictor(checkpoint, dev, resolve_precision(precision, dev))
+
+
+def classify_files(
+    predictor: Predictor, inputs: Sequence[str | Path], out: Path, skip_bad: bool = False
+) -> tuple[list[Path], list[Path]]:
+    """Classify the image files and folders ``inputs`` and write the CSV ``out``; (classified, skipped)."""
+    kept, probs, skipped = predictor.predict(collect_images(inputs), skip_bad=skip_bad)
+    write_predictions(out, kept, probs, predictor.classes)
+    return kept, skipped
 
 
 def parse_merge(items: Sequence[str] | None) -> dict[str, list[str]]:
@@ -332,3 +367,19 @@ def evaluate(
         "checkpoint": str(predictor.path),
         "trained_on": predictor.meta.get("dataset"),
     }
+
+
+def evaluate_dataset(
+    predictor: Predictor,
+    dataset: str,
+    data_root: str | Path | None = None,
+    split: str = "test",
+    skip_bad: bool = False,
+    merge: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """:func:`evaluate` on the dataset ``dataset`` names (built-in name, ``imagefolder:`` / ``manifest:``
+    spec) under ``data_root``."""
+    from hica.data.catalog import load_dataset
+
+    ds = load_dataset(dataset, data_root, skip_bad=skip_bad)
+    return evaluate(predictor, ds, split, skip_bad, merge)

@@ -19,12 +19,16 @@ from typing import Any
 
 from pydantic import Field
 
-from hica.config import EncoderConfig, _Strict, dump_config
+from hica.analysis.registry import Analysis, register_analysis
+from hica.config import EncoderConfig, StrictConfig, dump_config
 from hica.errors import HicaError
+from hica.eval.grid import STAMP
 from hica.io import write_json, write_text
 
+PART_FIELDS = {"spec", "weights", "config_hash", STAMP}  # what a part holds besides the measurement
 
-class ModelSpec(_Strict):
+
+class ModelSpec(StrictConfig):
     """An exported classifier (``hica finetune``'s ``OUT/model``) and a real image to time end to end."""
 
     name: str
@@ -32,7 +36,7 @@ class ModelSpec(_Strict):
     image: str  # relative paths are under the data root
 
 
-class TrainingRun(_Strict):
+class TrainingRun(StrictConfig):
     """A committed training measurement: a folder with ``summary.json`` (+ ``time.txt`` from time -v)."""
 
     stage: str
@@ -40,7 +44,7 @@ class TrainingRun(_Strict):
     path: str
 
 
-class EfficiencyConfig(_Strict):
+class EfficiencyConfig(StrictConfig):
     """``hica analyze efficiency``."""
 
     name: str = "efficiency"
@@ -74,10 +78,11 @@ def _count(params) -> int:
 
 def parameter_counts(cfg: EfficiencyConfig) -> dict[str, Any]:
     """Total parameters per tower, and what each stage's committed config trains."""
-    from hica.alignment.stage1 import _text_params, freeze_early
     from hica.config import Stage1Config, Stage2Config, load_model_config
     from hica.encoders import create_encoder
+    from hica.jobs.stage1.text import _text_params
     from hica.methods.hica import HiCA
+    from hica.model.training import freeze_early
 
     enc = create_encoder(cfg.encoder.name, **cfg.encoder.args)
     image = list(enc.image_parameters())
@@ -258,98 +263,79 @@ def training_record(run: TrainingRun) -> dict[str, Any]:
 # -- the run -----------------------------------------------------------------------------------------------
 
 
-def run_efficiency(cfg: EfficiencyConfig, out_dir: str | Path) -> dict[str, Any]:
-    """Measure and write ``metrics.json`` + ``results.md`` into ``out_dir``."""
+def weights_of(spec: ModelSpec) -> dict[str, str]:
+    """SHA-256 of the model folder's weight files (empty when it does not exist: measuring names it)."""
+    from hica.integrity import weight_hashes
+
+    return weight_hashes(spec.checkpoint) if Path(spec.checkpoint).is_dir() else {}
+
+
+def inference_key(spec: ModelSpec, device: str) -> str:
+    """The part name of one (model, device) inference measurement."""
+    return f"inference__{device}__{spec.name}"
+
+
+def run_efficiency(
+    cfg: EfficiencyConfig, out_dir: str | Path, resume: bool = True, rerun_other_code: bool = False
+) -> dict[str, Any]:
+    """Measure and write ``metrics.json`` + ``results.md`` into ``out_dir``.
+
+    Each (device, model) inference measurement is a part of a ``GridRun`` (``parts/``): an interrupted run
+    keeps the measurements it finished. Parameter counts and the committed training records are cheap and
+    recomputed every time."""
     import torch
 
-    from hica.eval.protocol import machine_info
+    from hica.environment import machine_info
+    from hica.eval.grid import GridRun
+    from hica.report.efficiency import markdown
     from hica.runtime import resolve_device, resolve_precision
 
     t0 = time.perf_counter()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    write_text(out / "config.resolved.yaml", dump_config(cfg))
-    res: dict[str, Any] = {"analysis": "efficiency", "name": cfg.name}
     cpu = resolve_device("cpu")
-    res["machine"] = machine_info(cpu, resolve_precision(cfg.precision, cpu))
-    res["parameters"] = parameter_counts(cfg)
-    res["training"] = [training_record(r) for r in cfg.training_runs]
-    res["inference"], res["skipped"] = [], []
-    for device in cfg.devices:
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            res["skipped"].append(f"{device}: no GPU on this machine")
-            continue
-        for spec in cfg.models:
-            img = Path(spec.image)
-            if not img.is_absolute():
-                from hica.data.catalog import data_root
+    machine = machine_info(cpu, resolve_precision(cfg.precision, cpu))
+    timing = cfg.model_dump(mode="json", include={"precision", "warmup", "repeats", "batch_size", "rounds"})
+    res: dict[str, Any] = {"analysis": "efficiency", "name": cfg.name, "machine": machine}
+    grid = GridRun(
+        out_dir, scope=timing, resume=resume, rerun_other_code=rerun_other_code, config_yaml=dump_config(cfg)
+    )
+    with grid as run:
+        res["parameters"] = parameter_counts(cfg)
+        res["training"] = [training_record(r) for r in cfg.training_runs]
+        res["inference"], res["skipped"] = [], []
+        for device in cfg.devices:
+            if device.startswith("cuda") and not torch.cuda.is_available():
+                res["skipped"].append(f"{device}: no GPU on this machine")
+                continue
+            for spec in cfg.models:
+                img = Path(spec.image)
+                if not img.is_absolute():
+                    from hica.data.catalog import data_root
 
-                img = data_root(cfg.data_root) / img
-            res["inference"].append(
-                measure_inference(spec.model_copy(update={"image": str(img)}), device, cfg)
-            )
+                    img = data_root(cfg.data_root) / img
+                spec_abs = spec.model_copy(update={"image": str(img)})
+                rec = run.part(
+                    inference_key(spec, device),
+                    lambda s=spec_abs, d=device: measure_inference(s, d, cfg),
+                    # the same model folder rebuilt is a new measurement
+                    match={"spec": spec.model_dump(mode="json"), "weights": weights_of(spec)},
+                )
+                res["inference"].append({k: v for k, v in rec.items() if k not in PART_FIELDS})
     res["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    res["grid"] = run.summary()
+    out = Path(out_dir)
     write_json(out / "metrics.json", res)
     write_text(out / "results.md", markdown(res))
     return res
 
 
-def _m(n: int | None) -> str:
-    return "–" if n is None else f"{n / 1e6:.2f} M"
-
-
-def markdown(res: dict[str, Any]) -> str:
-    """The measurements as Markdown tables."""
-    mach = res["machine"]
-    p = res["parameters"]
-    lines = [
-        f"# Efficiency ({res['name']})",
-        "",
-        f"Produced by `hica analyze efficiency`. CPU: {mach['cpu']}, {mach['cpu_cores']} cores, torch "
-        f"{mach['torch']}. {'; '.join(res['skipped']) + '.' if res['skipped'] else ''}",
-        "",
-        "## Parameters",
-        "",
-        f"Encoder `{p['encoder']}`: image tower {_m(p['image_tower'])}, text tower {_m(p['text_tower'])} "
-        f"(of which the text projection {_m(p['text_projection'])}), total {_m(p['total'])}.",
-        "",
-        "| stage | config | trainable image | trainable text | trainable total | share of all |",
-        "|---|---|---|---|---|---|",
-    ]
-    for s in p["stages"]:
-        lines.append(
-            f"| {s['stage']} | `{s['config']}` | {_m(s['trainable_image'])} | {_m(s['trainable_text'])} | "
-            f"{_m(s['trainable_total'])} | {100 * s['trainable_fraction']:.1f}% |"
-        )
-    if res["training"]:
-        lines += [
-            "",
-            "## Training time and peak memory (committed runs, read from their summaries)",
-            "",
-            "| stage | run | training seconds | whole command seconds | peak RSS (MiB) | source |",
-            "|---|---|---|---|---|---|",
-        ]
-        for t in res["training"]:
-            lines.append(
-                f"| {t['stage']} | {t['name']} | {t.get('train_seconds', '–')} | "
-                f"{t.get('command_wall_seconds', '–')} | {t.get('peak_rss_mb', '–')} | `{t['source']}` |"
-            )
-    if res["inference"]:
-        lines += [
-            "",
-            "## Inference (exported classifier; fresh process per row)",
-            "",
-            "| model | device | precision | latency batch 1, model (ms) | p90 (ms) | latency batch 1, file → "
-            "probabilities (ms) | throughput (img/s, batch "
-            f"{res['inference'][0]['throughput_batch_size']}) | peak RSS (MiB) | peak GPU memory (MiB) |",
-            "|---|---|---|---|---|---|---|---|---|",
-        ]
-        for r in res["inference"]:
-            dev = r.get("gpu", r["device"])
-            lines.append(
-                f"| {r['model']} | {dev} | {r['precision']} | {r['latency_ms_batch1_model']} | "
-                f"{r['latency_ms_batch1_model_p90']} | {r['latency_ms_batch1_file']} | "
-                f"{r['throughput_img_per_s']} | {r['peak_rss_mb']} | {r.get('peak_gpu_memory_mb', '–')} |"
-            )
-    lines += ["", f"Wall time {res['wall_seconds']:.0f} s.", ""]
-    return "\n".join(lines)
+register_analysis(
+    Analysis(
+        name="efficiency",
+        help="Parameters per stage, training time and memory, inference latency and throughput "
+        "(CPU; GPU if any).",
+        load_config=load_efficiency_config,
+        run=run_efficiency,
+        table="results.md",
+        overrides=("data_root",),
+    )
+)

@@ -107,7 +107,7 @@ def load_encoder_weights(encoder: DualEncoder, path: str | Path, expect_fingerpr
             f"checkpoint {p} was made from a different encoder than {encoder.name!r} with these arguments/"
             "weights (fingerprint mismatch); load it with the base encoder recorded in its config.json"
         )
-    from hica.modelcard import verify_model_card
+    from hica.integrity import verify_model_card
 
     verify_model_card(p)  # a card that no longer matches its weights is refused before anything loads
     try:
@@ -132,7 +132,7 @@ def load_encoder_weights(encoder: DualEncoder, path: str | Path, expect_fingerpr
 
 
 def _sha256(path: Path) -> str:
-    from hica.modelcard import sha256_file
+    from hica.integrity import sha256_file
 
     return sha256_file(path)[:20]
 

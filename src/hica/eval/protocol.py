@@ -1,16 +1,14 @@
 """The benchmark protocol: datasets × K × seeds × methods on one encoder, features cached.
 
 It knows nothing about any single method: feature methods get an episode's cached features
-(``FewShotData``), image methods get its preprocessed images (``ImageFewShotData``). Every finished
-(dataset, method, K, seed) is written to ``parts/`` at once, so an interrupted run resumes where it stopped.
+(``FewShotData``), image methods get its preprocessed images (``ImageFewShotData``). The grid runs on
+:class:`hica.eval.grid.GridRun`: every finished (dataset, method, K, seed) is written to ``parts/`` at once,
+so an interrupted run resumes where it stopped. :meth:`Benchmark.run` returns the per-run records and
+timings; writing metrics.json, predictions.csv and results.md is :func:`hica.jobs.benchmark.run_benchmark`'s.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
-import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,44 +25,13 @@ from hica.data.catalog import load_dataset
 from hica.data.episodes import Episode, sample_episode
 from hica.data.sample import Dataset, Sample, load_image
 from hica.encoders import DualEncoder, create_encoder
+from hica.environment import machine_info
 from hica.errors import HicaError
+from hica.eval.grid import GridRun
 from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
-from hica.io import out_lock, write_json, write_text
+from hica.io import out_lock, write_json
 from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
-from hica.runtime import fit_threads, reproducible, resolve_device, resolve_precision
-
-log = logging.getLogger(__name__)
-
-
-def machine_info(device: torch.device, precision: str) -> dict[str, Any]:
-    """Where a run ran: CPU model, cores, GPU, library versions, and the code (git commit, clean tree)."""
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    import os
-
-    info = {
-        "cpu": cpu,
-        "cpu_cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "fit_threads": fit_threads(),  # torch threads while fitting (results depend on it)
-        "device": str(device),
-        "precision": precision,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "platform": platform.platform(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-    from hica.modelcard import git_state
-
-    info["git_commit"], info["git_clean"] = git_state()  # None outside a git checkout
-    return info
+from hica.runtime import reproducible, resolve_device, resolve_precision
 
 
 @dataclass
@@ -110,20 +77,31 @@ def image_episode(
         descriptors=descriptors if getattr(method_cls, "uses_text", False) else None,
     )
     if getattr(method_cls, "uses_masks", False) and any(s.masks for s in sup):
-        from hica.alignment.imagedata import input_spec, load_store
+        from hica.model.imagedata import input_spec, load_store
 
         store = load_store(sup, input_spec(enc).size, with_masks=True)
         data.support_masks, data.support_has_mask = store.masks, store.has_mask
     return data
 
 
-def _part_name(dataset: str, method: str, k: int, seed: int) -> str:
+def part_key(dataset: str, method: str, k: int, seed: int) -> str:
+    """One run's part (and episode file) name without ``.json``: ``<dataset>__<method>__K<k>__s<seed>``."""
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset)
-    return f"{safe}__{method}__K{k}__s{seed}.json"
+    return f"{safe}__{method}__K{k}__s{seed}"
 
 
-def _norm(x: torch.Tensor) -> torch.Tensor:
+def normalize_features(x: torch.Tensor) -> torch.Tensor:
+    """Features as float32, L2-normalised along the last dimension (what feature methods are given)."""
     return F.normalize(x.float(), dim=-1)
+
+
+@dataclass
+class BenchmarkRun:
+    """What :meth:`Benchmark.run` returns: one record per (dataset, method, K, seed), in grid order, and the
+    invocation's timings (with the grid runner's summary under ``grid``)."""
+
+    records: list[dict[str, Any]]
+    timings: dict[str, Any]
 
 
 class Benchmark:
@@ -138,20 +116,20 @@ class Benchmark:
         for method in cfg.methods:  # settings checked before any encoding (also when cfg was changed in code)
             self.registry[method].check_settings(cfg.method_args.get(method, {}))
         # Where data and features are read from does not change a result: resuming ignores it.
-        scope = cfg.model_dump(mode="json", exclude={"cache_dir", "data_root"})
-        self.cfg_hash = hashlib.sha256(json.dumps(scope, sort_keys=True).encode()).hexdigest()[:12]
+        self.scope = cfg.model_dump(mode="json", exclude={"cache_dir", "data_root"})
         self.cache = FeatureCache(cfg.cache_dir, batch_size=cfg.batch_size, precision=self.precision)
-        self.timings: dict[str, float] = {}
+        self.timings: dict[str, Any] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------
-    def _encoder(self) -> DualEncoder:
+    def encoder(self) -> DualEncoder:
+        """The config's encoder on the run's device, in eval mode."""
         enc = create_encoder(self.cfg.encoder.name, **self.cfg.encoder.args)
         return enc.to(self.device).eval()
 
     def _class_text(self, enc: DualEncoder, ds: Dataset) -> ClassText | None:
         if not any(self.registry[m].uses_text for m in self.cfg.methods):
             return None
-        from hica.textbank import build_class_text
+        from hica.model.class_text import build_class_text
 
         with torch.no_grad():
             return build_class_text(enc, self._descriptors(ds), ds.classes, mode=self.cfg.text_mode)
@@ -210,9 +188,9 @@ class Benchmark:
             )
             sup_x, sup_y, val_x, val_y = sup_f.global_, sup_f.labels, val_f.global_, val_f.labels
         data = FewShotData(
-            support=_norm(sup_x),
+            support=normalize_features(sup_x),
             support_labels=sup_y,
-            val=_norm(val_x),
+            val=normalize_features(val_x),
             val_labels=val_y,
             num_classes=len(st.ds.classes),
             text=st.text,
@@ -231,7 +209,7 @@ class Benchmark:
                 st.test_images = images_of(enc, [st.by_id[i] for i in st.test.ids])
             probs = m.predict_proba(st.test_images)
         else:
-            probs = m.predict_proba(_norm(st.test.global_))
+            probs = m.predict_proba(normalize_features(st.test.global_))
         probs = probs.float().cpu().numpy()
         labels = st.test.labels.numpy()
         ids = st.test.ids
@@ -256,57 +234,55 @@ class Benchmark:
             "test_ids": ids,
             "test_labels": labels.tolist(),
             "probs": np.round(probs, 6).tolist(),
-            "config_hash": self.cfg_hash,
-        }
+        }  # GridRun.part adds config_hash (and its "grid" stamp)
 
     # -- the grid ------------------------------------------------------------------------------------------
     @reproducible
-    def run(self, resume: bool = True) -> dict[str, Any]:
-        """Run (or resume) the grid; returns the aggregated results also written to ``out_dir``.
+    def run(self, resume: bool = True, rerun_other_code: bool = False) -> BenchmarkRun:
+        """Run (or resume) the grid into ``out_dir/parts``; the per-run records and the timings.
 
-        ``out_dir`` is locked for the run: a second run writing it at the same time is refused (HicaError)."""
+        ``out_dir`` is locked for the run: a second run writing it at the same time is refused (HicaError).
+        ``rerun_other_code`` recomputes parts that another code commit made (by default they are reused)."""
         with out_lock(self.out):
-            return self._run_grid(resume)
+            return self._run_grid(resume, rerun_other_code)
 
-    def _run_grid(self, resume: bool) -> dict[str, Any]:
+    def _run_grid(self, resume: bool, rerun_other_code: bool) -> BenchmarkRun:
         t_start = time.perf_counter()
-        parts = self.out / "parts"
-        parts.mkdir(exist_ok=True)
-        write_text(self.out / "config.resolved.yaml", dump_config(self.cfg))
-        enc = self._encoder()
-        write_json(
-            self.out / "environment.json",
-            {**machine_info(self.device, self.precision), "encoder": enc.fingerprint()},
-        )
+        enc = self.encoder()
         records: list[dict[str, Any]] = []
-        for spec in self.cfg.datasets:
-            ds = load_dataset(spec, self.cfg.data_root, skip_bad=self.cfg.skip_bad)
-            st = self.state(enc, ds)
-            grid: list[tuple[str, int, int, Episode | None]] = []
-            for method in self.cfg.methods:
-                if self.registry[method].zero_shot:
-                    grid.append((method, 0, 0, None))
-            for k in self.cfg.shots:
-                for seed in self.cfg.seeds:
-                    ep = sample_episode(ds, k, seed)
-                    write_json(self.out / "episodes" / _part_name(ds.name, "episode", k, seed), ep.to_json())
-                    for method in self.cfg.methods:
-                        if not self.registry[method].zero_shot:
-                            grid.append((method, k, seed, ep))
-            bar = tqdm(grid, desc=ds.name, disable=not self.progress, unit="run")
-            for method, k, seed, ep in bar:
-                bar.set_postfix_str(f"{method} K={k} seed={seed}")
-                path = parts / _part_name(ds.name, method, k, seed)
-                if resume and path.is_file():
-                    rec = json.loads(path.read_text())
-                    if rec.get("config_hash") == self.cfg_hash:
-                        records.append(rec)
-                        continue
-                rec = self._run_one(enc, st, method, k, seed, ep)
-                write_json(path, rec)
-                records.append(rec)
+        with GridRun(
+            self.out,
+            scope=self.scope,
+            encoder=enc.fingerprint(),
+            resume=resume,
+            rerun_other_code=rerun_other_code,
+            config_yaml=dump_config(self.cfg),
+            environment=machine_info(self.device, self.precision),
+        ) as grid:
+            for spec in self.cfg.datasets:
+                ds = load_dataset(spec, self.cfg.data_root, skip_bad=self.cfg.skip_bad)
+                st = self.state(enc, ds)
+                cells: list[tuple[str, int, int, Episode | None]] = []
+                for method in self.cfg.methods:
+                    if self.registry[method].zero_shot:
+                        cells.append((method, 0, 0, None))
+                for k in self.cfg.shots:
+                    for seed in self.cfg.seeds:
+                        ep = sample_episode(ds, k, seed)
+                        episode_file = self.out / "episodes" / f"{part_key(ds.name, 'episode', k, seed)}.json"
+                        write_json(episode_file, ep.to_json())
+                        for method in self.cfg.methods:
+                            if not self.registry[method].zero_shot:
+                                cells.append((method, k, seed, ep))
+                bar = tqdm(cells, desc=ds.name, disable=not self.progress, unit="run")
+                for method, k, seed, ep in bar:
+                    bar.set_postfix_str(f"{method} K={k} seed={seed}")
+                    rec = grid.part(
+                        part_key(ds.name, method, k, seed),
+                        lambda st=st, m=method, k=k, s=seed, e=ep: self._run_one(enc, st, m, k, s, e),
+                    )
+                    records.append(rec)
         self.timings["total"] = round(time.perf_counter() - t_start, 2)
         self.timings["cache_hits"], self.timings["cache_misses"] = self.cache.hits, self.cache.misses
-        from hica.report.tables import write_outputs
-
-        return write_outputs(self.out, self.cfg, records, self.timings)
+        self.timings["grid"] = grid.summary()
+        return BenchmarkRun(records=records, timings=self.timings)

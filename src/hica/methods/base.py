@@ -17,20 +17,7 @@ import torch
 
 from hica.errors import HicaError
 from hica.methods.settings import MethodSettings, check_settings
-
-
-@dataclass
-class ClassText:
-    """Text side of an episode, embedded by the episode's encoder and L2-normalised.
-
-    ``class_emb``: (C, D) one embedding per class (normalised mean over its prompts).
-    ``prompt_emb``: per class, (P_c, D) the individual prompt / descriptor embeddings.
-    ``logit_scale``: the encoder's learned temperature (CLIP: 100); 1/τ for zero-shot logits.
-    """
-
-    class_emb: torch.Tensor
-    prompt_emb: list[torch.Tensor]
-    logit_scale: float = 100.0
+from hica.model.class_text import ClassText  # re-exported: the text side of ``FewShotData``
 
 
 @dataclass

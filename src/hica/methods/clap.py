@@ -30,8 +30,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from hica.methods._select import need_shots, need_text, single_threaded
 from hica.methods.base import FewShotData, Method, register_method
+from hica.methods.checks import need_shots, need_text
+from hica.methods.selection import single_threaded
 from hica.methods.settings import MethodSettings, PositiveFloat, PositiveInt
 from hica.methods.zeroshot import text_logits
 

@@ -20,13 +20,8 @@ from torchvision.transforms import v2 as T
 
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
 from hica.methods.settings import MethodSettings, NonNegativeFloat, PositiveFloat, PositiveInt
+from hica.model.freeze import freeze_bn
 from hica.runtime import autocast, reproducible
-
-
-def _freeze_bn(module: nn.Module) -> None:
-    for m in module.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.eval()
 
 
 @register_method("finetune")
@@ -103,7 +98,7 @@ class FineTune(ImageMethod):
         n = len(data.support)
         for step in range(1, hp["steps"] + 1):
             self.encoder.train()
-            _freeze_bn(self.encoder)
+            freeze_bn(self.encoder)
             idx = torch.randperm(n, generator=gen)[: hp["batch_size"]]
             x = torch.stack([aug(data.support[i]) for i in idx.tolist()]).to(device)
             y = data.support_labels[idx].to(device)

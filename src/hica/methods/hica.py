@@ -1,6 +1,9 @@
 """HiCA stage 2: hierarchical contrastive alignment on a K-shot support set (arXiv 2501.09294).
 
-``L = L_global + λ1·L_local + λ2·L_cross`` (``hica.alignment.losses``), trained in two phases:
+The model is :class:`hica.model.hica_model.HiCAModel` (image tower + text head; its output carries the
+sampled class descriptions, the class-text prototypes and the ROIs), the objective
+``L = L_global + λ1·L_local + λ2·L_cross`` is :class:`hica.losses.HierarchicalLoss`. This method trains
+them in two phases:
 
 1. *Align the text head* (the "LP" of LP-FT, Kumar et al. 2022): with the image tower frozen, only the text
    projection learns, on the support images' cached features, so that class descriptions and attribute
@@ -13,18 +16,22 @@
 
 ROIs for ``L_local``: the support images' lesion masks where the dataset has them (BUSI; an image of a class
 without lesions, e.g. normal tissue, has an empty mask and is pooled whole), else an ROI proposed from
-token–text similarity (``roi.proposal_roi``, query: the mean attribute phrase of the image's class). Each
-run reports the ROI source it used. Only the support set's images, labels and masks are read.
+token–text similarity (``hica.model.roi.proposal_roi``, query: the mean attribute phrase of the image's
+class). Each run reports the ROI source it used. Only the support set's images, labels and masks are read.
+Every step's named loss terms (both phases) are kept in ``loss_log``.
 
 Prediction: cosine to the aligned class-text prototypes blended with cosine to the support-image prototypes,
 ``α·cos(f, t_c) + (1 − α)·cos(f, μ_c)``, with α chosen on the episode's validation shots (ties: lower
 validation loss, then larger α); zero-shot is α = 1.
+
+The ablations are presets of the settings (``PRESETS``), registered as methods under their names.
 """
 
 from __future__ import annotations
 
 import copy
 import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -32,16 +39,10 @@ import torch
 import torch.nn.functional as F
 from annotated_types import Le
 from pydantic import model_validator
-from torch import nn
 
-from hica.alignment.augment import training_augment
-from hica.alignment.imagedata import input_spec
-from hica.alignment.losses import HierarchicalLoss
-from hica.alignment.roi import masks_to_token_weights, proposal_roi
-from hica.alignment.stage1 import fabric_precision, freeze_early, pooled_sentences
 from hica.errors import HicaError
+from hica.losses import HierarchicalLoss
 from hica.methods.base import ImageFewShotData, ImageMethod, register_method
-from hica.methods.finetune import _freeze_bn
 from hica.methods.settings import (
     Fraction,
     MethodSettings,
@@ -51,9 +52,15 @@ from hica.methods.settings import (
     PositiveInt,
     with_defaults,
 )
+from hica.model.augment import training_augment
+from hica.model.hica_model import HiCAModel, TextHead
+from hica.model.imagedata import InputSpec, input_spec
+from hica.model.roi import masks_to_token_weights
+from hica.model.training import fabric_precision, freeze_early
 from hica.runtime import autocast, embed_images, reproducible
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
+LossTerms = dict[str, torch.Tensor]
 
 
 def blend_logits(
@@ -73,47 +80,8 @@ def modality_of(text: str) -> str:
     return "generic"
 
 
-class TextBank(nn.Module):
-    """Frozen sentence embeddings of the class prompts and attribute phrases + the trainable text head."""
-
-    def __init__(self, encoder: Any, descriptors: Any, classes: list[str]) -> None:
-        super().__init__()
-        if not hasattr(encoder, "text_proj") or not hasattr(encoder, "text_model"):
-            raise HicaError(
-                f"HiCA stage 2 needs an encoder with a separate text transformer and text_proj head "
-                f"(like 'default'); {getattr(encoder, 'name', '?')!r} has none"
-            )
-        prompts = [descriptors.class_prompts(c, "ensemble") for c in classes]
-        attrs = [descriptors.attribute_prompts(c) for c in classes]
-        flat = [p for ps in prompts for p in ps] + [a for as_ in attrs for a in as_]
-        with torch.no_grad():
-            pooled = torch.cat(
-                [pooled_sentences(encoder, flat[i : i + 64]).float() for i in range(0, len(flat), 64)]
-            ).cpu()
-        n_p = sum(len(p) for p in prompts)
-        self.register_buffer("prompt_pooled", pooled[:n_p])
-        self.register_buffer("prompt_labels", torch.tensor([c for c, ps in enumerate(prompts) for _ in ps]))
-        self.register_buffer("attr_pooled", pooled[n_p:])
-        self.register_buffer("attr_labels", torch.tensor([c for c, as_ in enumerate(attrs) for _ in as_]))
-        self.proj = copy.deepcopy(encoder.text_proj)
-        self.num_classes = len(classes)
-        self.attr_texts = [a for as_ in attrs for a in as_]
-
-    def prompts(self) -> torch.Tensor:
-        return F.normalize(self.proj(self.prompt_pooled), dim=-1)
-
-    def bank(self) -> torch.Tensor:
-        return F.normalize(self.proj(self.attr_pooled), dim=-1)
-
-    def class_protos(self, prompts: torch.Tensor | None = None) -> torch.Tensor:
-        p = self.prompts() if prompts is None else prompts
-        sums = torch.zeros(self.num_classes, p.shape[1], device=p.device, dtype=p.dtype)
-        sums.index_add_(0, self.prompt_labels, p)
-        return F.normalize(sums, dim=-1)
-
-
 class HiCASettings(MethodSettings):
-    """HiCA stage 2's settings (the ablations change only the ``use_*`` defaults)."""
+    """HiCA stage 2's settings (the ablation presets change only the ``use_*`` defaults)."""
 
     steps: PositiveInt = 30
     batch_size: PositiveInt = 16
@@ -141,81 +109,80 @@ class HiCASettings(MethodSettings):
         return self
 
 
-class HiCAModel(nn.Module):
-    """Image tower + text bank; ``forward`` is not used (the loss function calls the parts)."""
+#: HiCA and its ablations: preset name (the method's registry name) → the defaults it changes.
+PRESETS: dict[str, dict[str, Any]] = {
+    "hica": {},
+    "hica_global_only": {"use_local": False, "use_cross": False},  # L_global only
+    "hica_no_local": {"use_local": False},  # without L_local
+    "hica_no_cross": {"use_cross": False},  # without L_cross
+}
 
-    def __init__(self, encoder: Any, text: TextBank) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.text = text
+
+def make_loss(cfg: HiCASettings) -> HierarchicalLoss:
+    """The objective of settings ``cfg``."""
+    return HierarchicalLoss(
+        lambda_local=cfg.lambda_local,
+        lambda_cross=cfg.lambda_cross,
+        temperature=cfg.temperature,
+        margin=cfg.margin,
+        use_global=cfg.use_global,
+        use_local=cfg.use_local,
+        use_cross=cfg.use_cross,
+    )
 
 
-@register_method("hica")
+def augmented_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor | None,
+    aug: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    spec: InputSpec,
+    batch_size: int,
+    seed: int,
+) -> Callable[[int, int, int], Iterator[dict[str, torch.Tensor]]]:
+    """The engine's data factory: each epoch, a seeded permutation of the [0, 1] ``images`` in batches of
+    augmented, normalised images (``images``, ``labels``, and ``masks`` augmented alongside when given)."""
+    n = len(images)
+
+    def factory(epoch: int, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(n, generator=g)[rank::world]
+        for b in range(max(1, len(order) // batch_size)):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            xs, ms = [], []
+            for i in idx.tolist():
+                x, m = aug(images[i], masks[i] if masks is not None else None)
+                xs.append(spec.normalize(x))
+                ms.append(m)
+            batch = {"images": torch.stack(xs), "labels": labels[idx]}
+            if masks is not None:
+                batch["masks"] = torch.stack(ms)
+            yield batch
+
+    return factory
+
+
 class HiCA(ImageMethod):
     """HiCA stage 2 (λ1 ``lambda_local``, λ2 ``lambda_cross``, τ ``temperature``, ``margin``, switches)."""
 
     uses_text = True
     uses_masks = True
     Settings = HiCASettings
+    run_dir: Path | None = None  # set by `hica finetune` for a resumable, checkpointed run
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)  # validates every setting against ``Settings``
-        self.loss = self._make_loss()
+        self.config: HiCASettings = self.Settings.model_validate(self.hparams)
+        self.loss = make_loss(self.config)
         self.model: HiCAModel | None = None
-
-    def _make_loss(self) -> HierarchicalLoss:
-        hp = self.hparams
-        return HierarchicalLoss(
-            lambda_local=hp["lambda_local"],
-            lambda_cross=hp["lambda_cross"],
-            temperature=hp["temperature"],
-            margin=hp["margin"],
-            use_global=hp["use_global"],
-            use_local=hp["use_local"],
-            use_cross=hp["use_cross"],
-        )
-
-    # -- the loss on one batch -----------------------------------------------------------------------------
-    def _batch_loss(
-        self,
-        model: HiCAModel,
-        glob: torch.Tensor,
-        local: torch.Tensor,
-        grid: tuple[int, int],
-        labels: torch.Tensor,
-        roi: torch.Tensor | None,
-        gen: torch.Generator | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        text = model.text
-        prompts = text.prompts()
-        # One class description per image, drawn from its class's prompts (the hierarchy's category level).
-        choice = []
-        for y in labels.tolist():
-            idx = torch.nonzero(text.prompt_labels == y, as_tuple=True)[0]
-            choice.append(idx[torch.randint(len(idx), (1,), generator=gen).item()])
-        text_global = prompts[torch.stack(choice)]
-        protos = text.class_protos(prompts)
-        bank = text.bank()
-        if self.loss.local_loss is not None and roi is None:
-            query = torch.stack([bank[text.attr_labels == y].mean(0) for y in labels.tolist()])
-            roi = proposal_roi(
-                local.detach().float(), query.detach(), grid, self.hparams["roi_top_fraction"], 3
-            )
-        return self.loss(
-            image_global=glob.float(),
-            labels=labels,
-            text_global=text_global,
-            local=local.float(),
-            roi=roi,
-            bank=bank,
-            bank_labels=text.attr_labels,
-            text_protos=protos,
-        )
+        #: Per step of the last fit, every named loss term (``total``, ``global``, ``local``, ...) as floats:
+        #: ``{"head": [...], "train": [...]}`` for the text-head and the two-tower phase.
+        self.loss_log: dict[str, list[dict[str, float]]] = {"head": [], "train": []}
 
     # -- fit ------------------------------------------------------------------------------------------------
     @reproducible
     def fit(self, encoder: Any, data: ImageFewShotData, device: torch.device, precision: str) -> HiCA:
-        hp = self.hparams
+        cfg = self.config
         if data.descriptors is None or data.classes is None:
             raise HicaError(f"method {self.name} needs the dataset's class descriptors (a descriptors YAML)")
         self._device, self._precision = device, precision
@@ -224,96 +191,116 @@ class HiCA(ImageMethod):
         enc = copy.deepcopy(encoder).to(device)
         for p in enc.parameters():
             p.requires_grad_(False)
-        text = TextBank(enc, data.descriptors, data.classes).to(device)
-        model = HiCAModel(enc, text)
+        text = TextHead(enc, data.descriptors, data.classes).to(device)
+        model = HiCAModel(enc, text, propose_roi=cfg.use_local, roi_top_fraction=cfg.roi_top_fraction)
         has = data.support_has_mask
-        use_masks = (
-            hp["roi"] == "auto" and data.support_masks is not None and (has is None or bool(has.any()))
-        )
+        use_masks = cfg.roi == "auto" and data.support_masks is not None and (has is None or bool(has.any()))
         self.roi_source = "lesion masks (support set)" if use_masks else "proposed (token-text similarity)"
-        if not self.loss.local_loss:
+        if not cfg.use_local:
             self.roi_source = "none (L_local off)"
+        head_log = self._align_text_head(model, data, use_masks)
+        summary, train_log = self._align_towers(model, data, spec, use_masks)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        model.eval()
+        self.model = model
+        self.loss_log = {"head": _floats(head_log), "train": _floats(train_log)}
 
-        # Phase 1: the text head on frozen support features.
+        # Prototypes from the trained encoder, α on the validation shots.
+        self.image_protos = self._protos(self.embed(data.support), data.support_labels, data.num_classes)
+        self.text_protos = model.text.class_protos().detach()
+        val = self.embed(data.val)
+        best = None
+        for a in ALPHAS:
+            logits = self.logits(val, a)
+            acc = float((logits.argmax(1) == data.val_labels.to(logits.device)).float().mean())
+            nll = float(F.cross_entropy(logits, data.val_labels.to(logits.device)))
+            key = (acc, -nll, a)
+            if best is None or key > best[0]:
+                best = (key, a)
+        self.alpha = best[1]
+        head_losses = [t["total"] for t in self.loss_log["head"]]
+        self.selected = {
+            "alpha": self.alpha,
+            "val_accuracy": round(best[0][0], 4),
+            "roi_source": self.roi_source,
+            "head_loss": [round(head_losses[0], 4), round(head_losses[-1], 4)] if head_losses else None,
+            "train_loss": [round(summary["losses"][0], 4), round(summary["losses"][-1], 4)]
+            if summary["losses"]
+            else None,
+        }
+        return self
+
+    def _align_text_head(self, model: HiCAModel, data: ImageFewShotData, use_masks: bool) -> list[LossTerms]:
+        """Phase 1: the text head on the support images' frozen features; each step's loss terms."""
+        enc, text, device = model.encoder, model.text, self._device
         enc.eval()
-        with torch.no_grad(), autocast(device, precision):
+        with torch.no_grad(), autocast(device, self._precision):
             feats = [
                 enc.encode_image(data.support[i : i + 32].to(device)) for i in range(0, len(data.support), 32)
             ]
         glob = torch.cat([f.global_.float() for f in feats])
         local = torch.cat([f.local.float() for f in feats])
         grid = feats[0].grid
-        roi0 = masks_to_token_weights(data.support_masks, grid).to(device) if use_masks else None
+        roi = masks_to_token_weights(data.support_masks, grid).to(device) if use_masks else None
         y = data.support_labels.to(device)
         for p in text.proj.parameters():
             p.requires_grad_(True)
-        opt = torch.optim.Adam(text.proj.parameters(), lr=hp["head_lr"])
+        opt = torch.optim.Adam(text.proj.parameters(), lr=self.config.head_lr)
         gen = torch.Generator().manual_seed(data.seed)
-        head_losses = []
-        for _ in range(hp["head_steps"]):
-            loss, _ = self._batch_loss(model, glob, local, grid, y, roi0, gen)
+        log = []
+        for _ in range(self.config.head_steps):
+            terms = self.loss(model.align(glob, local, grid, y, roi, gen), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()
+            terms["total"].backward()
             opt.step()
-            head_losses.append(float(loss.detach()))
+            log.append({k: v.detach() for k, v in terms.items()})
+        return log
 
-        # Phase 2: both towers on augmented support images, through the engine.
+    def _align_towers(
+        self, model: HiCAModel, data: ImageFewShotData, spec: InputSpec, use_masks: bool
+    ) -> tuple[dict[str, Any], list[LossTerms]]:
+        """Phase 2: image tower and text head on augmented support images, through the training engine.
+        Returns the engine's summary and each step's loss terms."""
         from hica.train.engine import TrainConfig, train
 
+        cfg, enc, text, device = self.config, model.encoder, model.text, self._device
         for p in enc.image_parameters():
             p.requires_grad_(True)
-        freeze_early(enc, hp["freeze_stages"])  # the stem and first stages keep their weights
+        freeze_early(enc, cfg.freeze_stages)  # the stem and first stages keep their weights
         img_params = [p for p in enc.image_parameters() if p.requires_grad]
-        aug = training_augment(modality_of(data.descriptors.modality), spec.size, min_scale=hp["min_scale"])
+        aug = training_augment(modality_of(data.descriptors.modality), spec.size, min_scale=cfg.min_scale)
         mean = torch.tensor(spec.mean).view(3, 1, 1)
         std = torch.tensor(spec.std).view(3, 1, 1)
         raw = (data.support * std + mean).clamp(0, 1)  # back to [0, 1] for photometric augmentation
         masks = data.support_masks.float() if use_masks else None
-        n = len(raw)
-        bs = min(hp["batch_size"], n)
+        bs = min(cfg.batch_size, len(raw))
+        factory = augmented_batches(raw, data.support_labels, masks, aug, spec, bs, data.seed)
+        log: list[LossTerms] = []
 
-        def factory(epoch: int, rank: int, world: int):
-            g = torch.Generator().manual_seed(data.seed * 7919 + epoch)
-            order = torch.randperm(n, generator=g)[rank::world]
-            for b in range(max(1, len(order) // bs)):
-                idx = order[b * bs : (b + 1) * bs]
-                xs, ms = [], []
-                for i in idx.tolist():
-                    x, m = aug(raw[i], masks[i] if masks is not None else None)
-                    xs.append(spec.normalize(x))
-                    ms.append(m)
-                batch = {"images": torch.stack(xs), "labels": data.support_labels[idx]}
-                if masks is not None:
-                    batch["masks"] = torch.stack(ms)
-                yield batch
-
-        def loss_fn(m: HiCAModel, batch: dict[str, torch.Tensor]):
-            _freeze_bn(m.encoder)
-            f = m.encoder.encode_image(batch["images"])
-            roi = (
-                masks_to_token_weights(batch["masks"], f.grid).to(f.local.device)
-                if "masks" in batch
-                else None
-            )
-            return self._batch_loss(m, f.global_, f.local, f.grid, batch["labels"], roi)
+        def loss_fn(_wrapped: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossTerms]:
+            # ``model`` itself, not Fabric's wrapper: no Fabric autocast around the forward (as always).
+            terms = self.loss(model(batch["images"], batch["labels"], batch.get("masks")), batch["labels"])
+            log.append({k: v.detach() for k, v in terms.items()})
+            return terms["total"], terms
 
         tcfg = TrainConfig(
-            max_steps=hp["steps"],
+            max_steps=cfg.steps,
             batch_size=bs,
-            lr=hp["lr"],
-            weight_decay=hp["weight_decay"],
-            precision=fabric_precision(precision, device),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            precision=fabric_precision(self._precision, device),
             seed=data.seed,
             checkpoint_every=10**9,
             keep_checkpoints=1,
-            log_every=max(1, hp["steps"] // 5),
+            log_every=max(1, cfg.steps // 5),
             devices=1,
             accelerator="cuda" if device.type == "cuda" else "cpu",
             progress=False,
         )
         groups = [
-            {"params": img_params, "lr": hp["lr"]},
-            {"params": list(text.proj.parameters()), "lr": hp["text_lr"]},
+            {"params": img_params, "lr": cfg.lr},
+            {"params": list(text.proj.parameters()), "lr": cfg.text_lr},
         ]
         for p in text.proj.parameters():
             p.requires_grad_(True)
@@ -331,41 +318,12 @@ class HiCA(ImageMethod):
                 run_dir,
                 resume=self.run_dir is not None,
                 param_groups=groups,
-                extra={"model_config": {"method": self.name, **hp}},
+                extra={"model_config": {"method": self.name, **self.hparams}},
             )
         finally:
             if tmp is not None:
                 tmp.cleanup()
-        for p in model.parameters():
-            p.requires_grad_(False)
-        model.eval()
-        self.model = model
-
-        # Prototypes from the trained encoder, α on the validation shots.
-        self.image_protos = self._protos(self.embed(data.support), data.support_labels, data.num_classes)
-        self.text_protos = model.text.class_protos().detach()
-        val = self.embed(data.val)
-        best = None
-        for a in ALPHAS:
-            logits = self.logits(val, a)
-            acc = float((logits.argmax(1) == data.val_labels.to(logits.device)).float().mean())
-            nll = float(F.cross_entropy(logits, data.val_labels.to(logits.device)))
-            key = (acc, -nll, a)
-            if best is None or key > best[0]:
-                best = (key, a)
-        self.alpha = best[1]
-        self.selected = {
-            "alpha": self.alpha,
-            "val_accuracy": round(best[0][0], 4),
-            "roi_source": self.roi_source,
-            "head_loss": [round(head_losses[0], 4), round(head_losses[-1], 4)] if head_losses else None,
-            "train_loss": [round(summary["losses"][0], 4), round(summary["losses"][-1], 4)]
-            if summary["losses"]
-            else None,
-        }
-        return self
-
-    run_dir: Path | None = None  # set by `hica finetune` for a resumable, checkpointed run
+        return summary, log
 
     def aligned_encoder(self, clone: bool = True) -> Any:
         """The aligned encoder with the trained text head folded into its ``text_proj`` (what ``hica
@@ -394,14 +352,24 @@ class HiCA(ImageMethod):
         return self.logits(self.embed(images, batch_size), self.alpha).softmax(-1).cpu()
 
 
-def _variant(name: str, doc: str, **overrides: Any) -> type:
-    settings = with_defaults(HiCASettings, f"{name}_settings", **overrides)
-    cls = type(name, (HiCA,), {"__doc__": doc, "Settings": settings})
-    return register_method(name)(cls)
+def _floats(log: list[LossTerms]) -> list[dict[str, float]]:
+    return [{k: float(v) for k, v in terms.items()} for terms in log]
 
 
-HiCAGlobalOnly = _variant(
-    "hica_global_only", "HiCA ablation: L_global only.", use_local=False, use_cross=False
-)
-HiCANoLocal = _variant("hica_no_local", "HiCA ablation: without L_local.", use_local=False)
-HiCANoCross = _variant("hica_no_cross", "HiCA ablation: without L_cross.", use_cross=False)
+def preset_method(name: str) -> type[HiCA]:
+    """The method class of preset ``name``: ``HiCA`` itself, or a subclass whose only change is the preset's
+    defaults (same settings, types and ranges; what ``method_registry()[name]`` returns)."""
+    overrides = PRESETS[name]
+    if not overrides:
+        return HiCA
+
+    class Preset(HiCA):
+        Settings = with_defaults(HiCASettings, f"{name}_settings", **overrides)
+
+    Preset.__name__ = Preset.__qualname__ = name
+    Preset.__doc__ = f"HiCA preset {name!r}: {', '.join(f'{k}={v}' for k, v in overrides.items())}."
+    return Preset
+
+
+for _name in PRESETS:
+    register_method(_name)(preset_method(_name))

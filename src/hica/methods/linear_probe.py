@@ -13,8 +13,9 @@ import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from hica.methods._select import need_shots, select, single_threaded, val_score
 from hica.methods.base import FewShotData, Method, register_method
+from hica.methods.checks import need_shots
+from hica.methods.selection import select, single_threaded, val_score
 from hica.methods.settings import MethodSettings, PositiveGrid, PositiveInt
 
 C_GRID = tuple(float(c) for c in np.logspace(-2, 3, 11))

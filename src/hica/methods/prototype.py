@@ -21,8 +21,9 @@ import torch
 import torch.nn.functional as F
 from sklearn.neighbors import KNeighborsClassifier
 
-from hica.methods._select import need_shots, select, single_threaded, val_score
 from hica.methods.base import FewShotData, Method, register_method
+from hica.methods.checks import need_shots
+from hica.methods.selection import select, single_threaded, val_score
 from hica.methods.settings import MethodSettings, PositiveGrid, PositiveIntGrid
 
 TEMPERATURES = (0.2, 0.1, 0.05, 0.02, 0.01)  # softest first: ties go to the softer model

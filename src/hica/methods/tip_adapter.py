@@ -25,8 +25,9 @@ import itertools
 import torch
 import torch.nn.functional as F
 
-from hica.methods._select import need_shots, need_text, select, single_threaded, val_score
 from hica.methods.base import FewShotData, Method, register_method
+from hica.methods.checks import need_shots, need_text
+from hica.methods.selection import select, single_threaded, val_score
 from hica.methods.settings import (
     MethodSettings,
     NonNegativeFloat,

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import torch
 
-from hica.methods._select import need_text, single_threaded
 from hica.methods.base import ClassText, FewShotData, Method, register_method
+from hica.methods.checks import need_text
+from hica.methods.selection import single_threaded
 
 
 def text_logits(features: torch.Tensor, class_emb: torch.Tensor, scale: float) -> torch.Tensor:

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 from hica.config import BenchmarkConfig
+from hica.eval.grid import STAMP
 from hica.eval.metrics import METRICS, mean_std
 from hica.io import write_json, write_text
 
-_HEAVY = ("probs", "test_ids", "test_labels")
+# left out of metrics.json's runs: per-image arrays (predictions.csv has them) and how a part was made
+_HEAVY = ("probs", "test_ids", "test_labels", STAMP)
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -83,10 +85,23 @@ def predictions_csv(records: list[dict[str, Any]]) -> str:
     return buf.getvalue()
 
 
+def _reuse_note(grid: dict[str, Any]) -> str:
+    """``; N run(s) reused ...`` when the invocation reused finished parts (empty for a fresh run)."""
+    reused = grid.get("parts_resumed", 0)
+    if not reused:
+        return ""
+    other = grid.get("parts_from_other_code", 0)
+    made_by = f", {other} of them made by another code commit" if other else ""
+    return f"; {reused} finished run(s) reused from an earlier invocation{made_by}"
+
+
 def write_outputs(
     out: Path, cfg: BenchmarkConfig, records: list[dict[str, Any]], timings: dict[str, Any]
 ) -> dict[str, Any]:
-    """Write metrics.json, predictions.csv and results.md into ``out``; return the metrics dict."""
+    """Write metrics.json, predictions.csv and results.md into ``out``; return the metrics dict.
+
+    ``timings`` is the run's (:class:`hica.eval.protocol.BenchmarkRun`): wall time, feature-cache hits and
+    misses, and the grid runner's summary under ``grid`` (parts computed and reused)."""
     summary = summarize(records)
     light = [{k: v for k, v in r.items() if k not in _HEAVY} for r in records]
     result = {"name": cfg.name, "methods": cfg.methods, "summary": summary, "runs": light, "timings": timings}
@@ -112,7 +127,8 @@ def write_outputs(
         )
     md.append(
         f"Wall time: {timings.get('total', float('nan')):.1f} s "
-        f"(feature cache hits {timings.get('cache_hits')}, misses {timings.get('cache_misses')}).\n"
+        f"(feature cache hits {timings.get('cache_hits')}, misses {timings.get('cache_misses')}"
+        f"{_reuse_note(timings.get('grid') or {})}).\n"
     )
     env_path = out / "environment.json"
     if env_path.is_file():

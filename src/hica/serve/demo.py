@@ -37,8 +37,8 @@ def ensure_demo_model(
     settings: ServeSettings, config: str | Path, data_root: str | None, echo: Any = print
 ) -> Path:
     """Train the demo model of ``config`` (a stage-2 YAML; its ``name`` names the model) unless it exists."""
-    from hica.alignment.stage2 import run_stage2
     from hica.config import Stage2Config, load_model_config
+    from hica.jobs.finetune import run_stage2
 
     cfg = load_model_config(
         Stage2Config,

@@ -1,6 +1,6 @@
 """A training job's worker process: ``python -m hica.serve.worker JOB_DIR``.
 
-Reads ``job.json``, runs HiCA stage 2 (:func:`hica.alignment.stage2.run_stage2`) on the job's manifest,
+Reads ``job.json``, runs HiCA stage 2 (:func:`hica.jobs.finetune.run_stage2`) on the job's manifest,
 then installs the model into the models folder (copied to a hidden temporary folder, then renamed, so the
 Models list never shows half a model) with its class text and ``training.json``. ``status.json`` says
 where it is; the server reads it together with the training log.
@@ -83,8 +83,8 @@ def install_model(job_dir: Path, job: dict[str, Any], summary: dict[str, Any]) -
 
 def run_job(job_dir: Path) -> int:
     """Run one job to its end; returns the exit code (0 done, 1 failed)."""
-    from hica.alignment.stage2 import run_stage2
     from hica.config import Stage2Config
+    from hica.jobs.finetune import run_stage2
 
     job = read_json(job_dir / "job.json")
     if read_json(job_dir / "status.json").get("state") in ("done", "failed", "cancelled"):

@@ -1,4 +1,5 @@
-"""HiCA alignment losses and ROI helpers on small synthetic tensors with known answers."""
+"""HiCA's losses (``hica.losses``) and ROI helpers (``hica.model.roi``) on small synthetic tensors with known
+answers. Every loss takes a model output (``HiCAOutput``) and the labels and returns named terms."""
 
 from __future__ import annotations
 
@@ -9,17 +10,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hica.alignment import (
+from hica.errors import HicaError
+from hica.losses import (
     CrossCategoryMarginLoss,
     GlobalContrastiveLoss,
     HierarchicalLoss,
     LocalAlignmentLoss,
-    mask_to_token_weights,
-    masks_to_token_weights,
     positives_from_bank,
-    proposal_roi,
 )
-from hica.errors import HicaError
+from hica.model.hica_model import HiCAOutput
+from hica.model.roi import mask_to_token_weights, masks_to_token_weights, proposal_roi
 
 D = 8
 
@@ -37,13 +37,45 @@ def _basis(i: int, d: int = D) -> torch.Tensor:
     return F.one_hot(torch.tensor(i), d).float()
 
 
+def _out(**given: torch.Tensor | None) -> HiCAOutput:
+    """A model output holding the ``given`` tensors; the fields a test does not read are empty stand-ins."""
+    ref = given["image_global"] if "image_global" in given else given["local"][:, 0]
+    b, d = ref.shape
+    fields = {
+        "image_global": torch.zeros(b, d),
+        "local": torch.zeros(b, 1, d),
+        "text_global": torch.zeros(b, d),
+        "text_protos": torch.zeros(0, d),
+        "bank": torch.zeros(0, d),
+        "bank_labels": torch.zeros(0, dtype=torch.long),
+    }
+    return HiCAOutput(**{**fields, **given})
+
+
+def _global(crit: GlobalContrastiveLoss, img: torch.Tensor, txt: torch.Tensor, labels=None) -> torch.Tensor:
+    return crit(_out(image_global=img, text_global=txt), labels)["global"]
+
+
+def _local(crit: LocalAlignmentLoss, local, roi, pos, mask, bank, bank_labels, labels):
+    """``(L_local, diagnostics by name)`` of ``crit`` on these inputs."""
+    out = _out(local=local, roi=roi, positives=pos, positive_mask=mask, bank=bank, bank_labels=bank_labels)
+    terms = crit(out, labels)
+    return terms["local"], {k.removeprefix("local/"): v for k, v in terms.items() if k != "local"}
+
+
+def _cross(crit: CrossCategoryMarginLoss, img, labels, protos, attr, attr_labels):
+    """``(L_cross, components by name)`` of ``crit`` on these inputs."""
+    terms = crit(_out(image_global=img, text_protos=protos, bank=attr, bank_labels=attr_labels), labels)
+    return terms["cross"], {k.removeprefix("cross/"): v for k, v in terms.items() if k != "cross"}
+
+
 # ---------------------------------------------------------------- global
 
 
 def test_global_scalar_finite_and_gradients() -> None:
     img, txt = _leaf(6, D, seed=1), _leaf(6, D, seed=2)
     labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    loss = GlobalContrastiveLoss()(img, txt, labels)
+    loss = _global(GlobalContrastiveLoss(), img, txt, labels)
     assert loss.shape == () and torch.isfinite(loss)
     loss.backward()
     assert _nonzero_grad(img) and _nonzero_grad(txt)
@@ -52,7 +84,7 @@ def test_global_scalar_finite_and_gradients() -> None:
 def test_global_learnable_temperature_gets_gradient() -> None:
     crit = GlobalContrastiveLoss(temperature=0.1, learnable=True)
     assert crit.logit_scale.item() == pytest.approx(10.0)
-    crit(_leaf(4, D, seed=1), _leaf(4, D, seed=2), torch.tensor([0, 1, 2, 3])).backward()
+    _global(crit, _leaf(4, D, seed=1), _leaf(4, D, seed=2), torch.tensor([0, 1, 2, 3])).backward()
     assert _nonzero_grad(crit.log_logit_scale)
 
 
@@ -61,7 +93,7 @@ def test_global_aligned_lower_than_shuffled() -> None:
     labels = torch.arange(6)
     img = txt + 0.05 * torch.randn(6, D, generator=torch.Generator().manual_seed(4))
     crit = GlobalContrastiveLoss()
-    assert crit(img, txt, labels) < crit(img, txt[torch.tensor([1, 2, 3, 4, 5, 0])], labels)
+    assert _global(crit, img, txt, labels) < _global(crit, img, txt[torch.tensor([1, 2, 3, 4, 5, 0])], labels)
 
 
 def test_global_hand_value_same_class_is_not_a_negative() -> None:
@@ -72,7 +104,7 @@ def test_global_hand_value_same_class_is_not_a_negative() -> None:
     emb = torch.stack([e0, e0, e1, e1])
     labels = torch.tensor([0, 0, 1, 1])
     expected = math.log(2 + 2 * math.exp(-1 / tau))
-    assert GlobalContrastiveLoss(tau)(emb, emb, labels).item() == pytest.approx(expected, rel=1e-6)
+    assert _global(GlobalContrastiveLoss(tau), emb, emb, labels).item() == pytest.approx(expected, rel=1e-6)
 
 
 def test_global_same_class_descriptions_are_interchangeable() -> None:
@@ -82,11 +114,11 @@ def test_global_same_class_descriptions_are_interchangeable() -> None:
     img = txt + 0.3 * img
     labels = torch.tensor([0, 0, 1, 1])
     crit = GlobalContrastiveLoss()
-    base = crit(img, txt, labels).item()
+    base = _global(crit, img, txt, labels).item()
     within = txt[torch.tensor([1, 0, 3, 2])]
-    assert crit(img, within, labels).item() == pytest.approx(base, rel=1e-6)
-    assert crit(img, within).item() != pytest.approx(crit(img, txt).item(), rel=1e-3)
-    assert crit(img, txt[torch.tensor([2, 3, 0, 1])], labels).item() > base
+    assert _global(crit, img, within, labels).item() == pytest.approx(base, rel=1e-6)
+    assert _global(crit, img, within).item() != pytest.approx(_global(crit, img, txt).item(), rel=1e-3)
+    assert _global(crit, img, txt[torch.tensor([2, 3, 0, 1])], labels).item() > base
 
 
 def test_global_equals_clip_when_labels_distinct() -> None:
@@ -94,8 +126,8 @@ def test_global_equals_clip_when_labels_distinct() -> None:
     crit = GlobalContrastiveLoss()
     logits = F.normalize(img, dim=-1) @ F.normalize(txt, dim=-1).T / 0.07
     clip = (F.cross_entropy(logits, torch.arange(5)) + F.cross_entropy(logits.T, torch.arange(5))) / 2
-    assert crit(img, txt, torch.arange(5)).item() == pytest.approx(clip.item(), rel=1e-5)
-    assert crit(img, txt).item() == pytest.approx(clip.item(), rel=1e-5)
+    assert _global(crit, img, txt, torch.arange(5)).item() == pytest.approx(clip.item(), rel=1e-5)
+    assert _global(crit, img, txt).item() == pytest.approx(clip.item(), rel=1e-5)
 
 
 # ---------------------------------------------------------------- local
@@ -138,7 +170,7 @@ def test_local_scalar_finite_gradients_and_diagnostics() -> None:
     labels = torch.tensor([0, 1])
     pos0, mask = positives_from_bank(bank0, bank_labels, labels)
     pos = pos0.clone().requires_grad_(True)
-    loss, diag = LocalAlignmentLoss()(local, roi, pos, mask, bank, bank_labels, labels)
+    loss, diag = _local(LocalAlignmentLoss(), local, roi, pos, mask, bank, bank_labels, labels)
     assert loss.shape == () and torch.isfinite(loss)
     loss.backward()
     assert _nonzero_grad(local) and _nonzero_grad(pos) and _nonzero_grad(bank)
@@ -155,8 +187,8 @@ def test_local_lower_when_roi_covers_signal() -> None:
     on_signal = torch.stack([_roi([0, 1, 4, 5]), _roi([10, 11, 14, 15])])
     on_background = torch.stack([_roi([10, 11, 14, 15]), _roi([0, 1, 4, 5])])
     crit = LocalAlignmentLoss()
-    good, dg = crit(local, on_signal, pos, mask, bank, bank_labels, labels)
-    bad, db = crit(local, on_background, pos, mask, bank, bank_labels, labels)
+    good, dg = _local(crit, local, on_signal, pos, mask, bank, bank_labels, labels)
+    bad, db = _local(crit, local, on_background, pos, mask, bank, bank_labels, labels)
     assert good < bad
     assert dg["background"] < db["background"] and dg["contrast"] < db["contrast"]
 
@@ -168,15 +200,19 @@ def test_local_empty_roi_whole_image_or_skipped() -> None:
     labels = torch.tensor([0, 1])
     pos, mask = positives_from_bank(bank, bank_labels, labels)
     roi = torch.stack([_roi([0, 1]), torch.zeros(16)])
-    loss, diag = LocalAlignmentLoss(empty_roi="whole")(local, roi, pos, mask, bank, bank_labels, labels)
+    loss, diag = _local(
+        LocalAlignmentLoss(empty_roi="whole"), local, roi, pos, mask, bank, bank_labels, labels
+    )
     assert torch.isfinite(loss) and diag["n_images"] == 2 and diag["n_whole_roi"] == 1
     assert diag["n_background"] == 1  # the whole-image ROI has no background term
     full = torch.stack([_roi([0, 1]), torch.ones(16)])
-    same, _ = LocalAlignmentLoss()(local, full, pos, mask, bank, bank_labels, labels)
+    same, _ = _local(LocalAlignmentLoss(), local, full, pos, mask, bank, bank_labels, labels)
     assert loss.item() == pytest.approx(same.item(), rel=1e-6)
 
-    skip, ds = LocalAlignmentLoss(empty_roi="skip")(local, roi, pos, mask, bank, bank_labels, labels)
-    only0, _ = LocalAlignmentLoss()(local[:1], roi[:1], pos[:1], mask[:1], bank, bank_labels, labels[:1])
+    skip, ds = _local(LocalAlignmentLoss(empty_roi="skip"), local, roi, pos, mask, bank, bank_labels, labels)
+    only0, _ = _local(
+        LocalAlignmentLoss(), local[:1], roi[:1], pos[:1], mask[:1], bank, bank_labels, labels[:1]
+    )
     assert ds["n_images"] == 1 and skip.item() == pytest.approx(only0.item(), rel=1e-6)
 
 
@@ -194,8 +230,8 @@ def test_local_bad_arguments() -> None:
 
 def test_cross_zero_when_separated_beyond_margin() -> None:
     t = torch.stack([_basis(0, 2), _basis(1, 2)])
-    loss, parts = CrossCategoryMarginLoss(0.2)(
-        t.clone(), torch.tensor([0, 1]), t, t.clone(), torch.tensor([0, 1])
+    loss, parts = _cross(
+        CrossCategoryMarginLoss(0.2), t.clone(), torch.tensor([0, 1]), t, t.clone(), torch.tensor([0, 1])
     )
     assert loss.item() == 0.0 and all(v.item() == 0.0 for v in parts.values())
 
@@ -210,7 +246,9 @@ def test_cross_hand_computed_two_classes_2d() -> None:
     t = torch.tensor([[1.0, 0.0], [0.96, 0.28]]).requires_grad_(True)
     img = torch.tensor([[0.6, 0.8], [3.0, 4.0], [0.0, 1.0]]).requires_grad_(True)
     attr = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).requires_grad_(True)
-    loss, parts = CrossCategoryMarginLoss(0.2)(img, torch.tensor([0, 0, 1]), t, attr, torch.tensor([0, 1]))
+    loss, parts = _cross(
+        CrossCategoryMarginLoss(0.2), img, torch.tensor([0, 0, 1]), t, attr, torch.tensor([0, 1])
+    )
     assert loss.shape == ()
     assert parts["img"].item() == pytest.approx(0.2, abs=1e-6)
     assert parts["attr"].item() == pytest.approx(0.08, abs=1e-6)
@@ -246,11 +284,16 @@ def _batch() -> dict[str, torch.Tensor]:
     }
 
 
+def _output(batch: dict[str, torch.Tensor]) -> HiCAOutput:
+    return HiCAOutput(**{k: v for k, v in batch.items() if k != "labels"})
+
+
 def test_hierarchical_total_and_gradients() -> None:
     batch = _batch()
     batch["local"].requires_grad_(True)
     crit = HierarchicalLoss(lambda_local=0.5, lambda_cross=2.0)
-    total, parts = crit(**batch)
+    parts = crit(_output(batch), batch["labels"])
+    total = parts["total"]
     assert total.shape == () and torch.isfinite(total)
     expected = parts["global"] + 0.5 * parts["local"] + 2.0 * parts["cross"]
     assert total.item() == pytest.approx(expected.item(), rel=1e-6)
@@ -271,7 +314,8 @@ def test_hierarchical_total_and_gradients() -> None:
 )
 def test_hierarchical_switches_remove_components(switches: dict[str, bool], present: set[str]) -> None:
     batch = _batch()
-    total, parts = HierarchicalLoss(**switches)(**batch)
+    parts = HierarchicalLoss(**switches)(_output(batch), batch["labels"])
+    total = parts["total"]
     assert {k for k in ("global", "local", "cross") if k in parts} == present
     assert not any(k.startswith(tuple(f"{c}/" for c in {"local", "cross"} - present)) for k in parts)
     assert total.item() == pytest.approx(sum(parts[k].item() for k in present), rel=1e-6)
@@ -285,8 +329,12 @@ def test_hierarchical_validation() -> None:
         HierarchicalLoss(use_global=False, use_local=False, use_cross=False)
     batch = _batch()
     del batch["text_protos"]
-    with pytest.raises(ValueError, match="text_protos.*use_cross=False"):
-        HierarchicalLoss()(**batch)
+    with pytest.raises(TypeError, match="text_protos"):  # the model output always carries every level
+        _output(batch)
+    batch = _batch()
+    batch["roi"] = None
+    with pytest.raises(ValueError, match="roi.*use_local=False"):
+        HierarchicalLoss()(_output(batch), batch["labels"])
 
 
 # ---------------------------------------------------------------- ROI

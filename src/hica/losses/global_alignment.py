@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hica.errors import HicaError
+from hica.model.hica_model import HiCAOutput
 
 MAX_LOGIT_SCALE = 100.0  # CLIP's clamp on the learned 1/τ
 
@@ -73,14 +74,14 @@ class GlobalContrastiveLoss(nn.Module):
         """1/τ (clamped at 100)."""
         return self.log_logit_scale.exp().clamp(max=MAX_LOGIT_SCALE)
 
-    def forward(
-        self, image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor | None = None
-    ) -> torch.Tensor:
-        """``image_emb`` (B, D), ``text_emb`` (B, D): row i embeds one description of image i's class;
-        ``labels`` (B,) class ids (None: all distinct, plain CLIP). Returns a scalar."""
+    def forward(self, out: HiCAOutput, labels: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """``{"global": L_global}`` between ``out.image_global`` (B, D) and ``out.text_global`` (B, D) (row i
+        embeds one description of image i's class); ``labels`` (B,) class ids (None: all distinct, plain
+        CLIP)."""
+        image_emb, text_emb = out.image_global, out.text_global
         if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
             raise ValueError(
-                f"image_emb and text_emb must both be (B, D), got {tuple(image_emb.shape)} and "
+                f"image_global and text_global must both be (B, D), got {tuple(image_emb.shape)} and "
                 f"{tuple(text_emb.shape)}"
             )
         b = image_emb.shape[0]
@@ -95,4 +96,4 @@ class GlobalContrastiveLoss(nn.Module):
         logits = self.logit_scale * f @ t.T
         i2t = multi_positive_nce(logits, pos).mean()
         t2i = multi_positive_nce(logits.T, pos.T).mean()
-        return (i2t + t2i) / 2
+        return {"global": (i2t + t2i) / 2}

@@ -15,8 +15,8 @@ Weinberger & Saul's LMNN and FaceNet, applied to prototypes):
     L_cross = L_img + attribute_weight · L_attr + text_weight · L_text
 
 L_attr is what ties the attribute level to the category level: attributes may move (local alignment pulls
-them towards ROI features) but not across their category's boundary. It is skipped when no attribute
-embeddings are given. Each term is exactly 0 once its constraints hold with margin to spare.
+them towards ROI features) but not across their category's boundary (``attribute_weight`` 0 turns it off).
+Each term is exactly 0 once its constraints hold with margin to spare.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hica.errors import HicaError
+from hica.model.hica_model import HiCAOutput
 
 
 def _margin_hinge(
@@ -62,21 +63,16 @@ class CrossCategoryMarginLoss(nn.Module):
         self.attribute_weight = float(attribute_weight)
         self.text_weight = float(text_weight)
 
-    def forward(
-        self,
-        image_emb: torch.Tensor,
-        labels: torch.Tensor,
-        text_protos: torch.Tensor,
-        attributes: torch.Tensor | None = None,
-        attribute_labels: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``image_emb`` (B, D), ``labels`` (B,) in [0, C), ``text_protos`` (C, D), optional ``attributes``
-        (A, D) with parent classes ``attribute_labels`` (A,). Returns ``(L_cross, {"img", "attr", "text"})``,
-        the components detached."""
+    def forward(self, out: HiCAOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``L_cross`` of ``out.image_global`` (B, D) with ``labels`` (B,) in [0, C), ``out.text_protos``
+        (C, D) and the attribute phrases ``out.bank`` (A, D) with parent classes ``out.bank_labels`` (A,).
+        Returns ``{"cross": L_cross, "cross/img", "cross/attr", "cross/text"}``, the components detached."""
+        image_emb, text_protos = out.image_global, out.text_protos
+        attributes, attribute_labels = out.bank, out.bank_labels
         c, d = text_protos.shape
         if image_emb.ndim != 2 or image_emb.shape[1] != d or labels.shape != image_emb.shape[:1]:
             raise ValueError(
-                f"image_emb must be (B, {d}) with labels (B,), got {tuple(image_emb.shape)}, "
+                f"image_global must be (B, {d}) with labels (B,), got {tuple(image_emb.shape)}, "
                 f"{tuple(labels.shape)}"
             )
         if labels.numel() and (labels.min() < 0 or labels.max() >= c):
@@ -91,9 +87,9 @@ class CrossCategoryMarginLoss(nn.Module):
         classes = torch.arange(c, device=labels.device)[present]
         l_img = _margin_hinge(mu, t, classes, self.margin)
 
-        if attributes is not None and self.attribute_weight > 0:
-            if attribute_labels is None or attribute_labels.shape != attributes.shape[:1]:
-                raise ValueError("attributes need attribute_labels (A,) giving each phrase's class")
+        if self.attribute_weight > 0:
+            if attribute_labels.shape != attributes.shape[:1]:
+                raise ValueError("the bank needs bank_labels (A,) giving each phrase's class")
             l_attr = _margin_hinge(F.normalize(attributes, dim=-1), t, attribute_labels, self.margin)
         else:
             l_attr = t.sum() * 0.0
@@ -106,5 +102,9 @@ class CrossCategoryMarginLoss(nn.Module):
             l_text = t.sum() * 0.0
 
         total = l_img + self.attribute_weight * l_attr + self.text_weight * l_text
-        parts = {"img": l_img.detach(), "attr": l_attr.detach(), "text": l_text.detach()}
-        return total, parts
+        return {
+            "cross": total,
+            "cross/img": l_img.detach(),
+            "cross/attr": l_attr.detach(),
+            "cross/text": l_text.detach(),
+        }

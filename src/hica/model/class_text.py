@@ -1,8 +1,9 @@
-"""Embed a dataset's class text (descriptor prompts) with an encoder's text tower."""
+"""An episode's class text: each class's prompt embeddings and their mean, from an encoder's text tower."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,7 +11,20 @@ import torch.nn.functional as F
 
 from hica.data.descriptors import Descriptors
 from hica.errors import HicaError
-from hica.methods.base import ClassText
+
+
+@dataclass
+class ClassText:
+    """Text side of an episode, embedded by the episode's encoder and L2-normalised.
+
+    ``class_emb``: (C, D) one embedding per class (normalised mean over its prompts).
+    ``prompt_emb``: per class, (P_c, D) the individual prompt / descriptor embeddings.
+    ``logit_scale``: the encoder's learned temperature (CLIP: 100); 1/τ for zero-shot logits.
+    """
+
+    class_emb: torch.Tensor
+    prompt_emb: list[torch.Tensor]
+    logit_scale: float = 100.0
 
 
 def build_class_text(

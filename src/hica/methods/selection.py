@@ -1,5 +1,5 @@
-"""Shared helpers: input checks, validation-based selection with deterministic tie-breaks, and a
-single-thread scope for the many tiny tensor operations of fitting.
+"""Validation-based selection with deterministic tie-breaks, and a single-thread scope for the many tiny
+tensor operations of fitting.
 
 Selection reads the validation shots only. A candidate's score is the tuple (accuracy, balanced accuracy,
 −log-loss), compared lexicographically; on an exact tie the candidate listed first wins, so grids are
@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 
 from hica.errors import HicaError
-from hica.methods.base import ClassText, FewShotData
 from hica.runtime import deterministic
 
 T = TypeVar("T")
@@ -64,27 +63,3 @@ def select(candidates: Iterable[T], score: Callable[[T], Score]) -> tuple[T, Sco
     if best_s is None:
         raise HicaError("empty hyperparameter grid: give at least one candidate value")
     return best, best_s
-
-
-def need_text(data: FewShotData, method: str) -> ClassText:
-    """The episode's class text, checked against the number of classes."""
-    if data.text is None:
-        raise HicaError(
-            f"{method} needs class text: give the dataset a descriptors YAML, or drop the text-using method"
-        )
-    n = data.text.class_emb.shape[0]
-    if n != data.num_classes:
-        raise HicaError(
-            f"{method}: class text has {n} class embeddings but the episode has {data.num_classes}"
-        )
-    return data.text
-
-
-def need_shots(data: FewShotData, method: str) -> None:
-    """Few-shot methods need labelled support and validation shots covering every class."""
-    for part, y in (("support", data.support_labels), ("validation", data.val_labels)):
-        if len(y) == 0:
-            raise HicaError(f"{method} needs labelled {part} shots (K >= 1); it cannot run zero-shot")
-    missing = sorted(set(range(data.num_classes)) - set(data.support_labels.tolist()))
-    if missing:
-        raise HicaError(f"{method}: support set has no shot of class(es) {missing}")

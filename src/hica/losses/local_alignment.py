@@ -1,9 +1,9 @@
 """Local (attribute-level) alignment: ROI-pooled tokens vs attribute phrases, background as a negative.
 
 Notation, per image i with label y_i: local tokens z_in (n = 1..N), soft ROI weights w_in ∈ [0, 1] (from a
-lesion mask, ``roi.mask_to_token_weights``, or a model proposal, ``roi.proposal_roi``), positive phrase
-embeddings t_ip (p ∈ P_i, the valid entries of ``positives``) and a bank of attribute-phrase embeddings
-a_k with class ids c_k. All cosines are between L2-normalised vectors.
+lesion mask, ``hica.model.roi.mask_to_token_weights``, or a model proposal, ``hica.model.roi.proposal_roi``),
+positive phrase embeddings t_ip (p ∈ P_i, the valid entries of ``positives``) and a bank of attribute-phrase
+embeddings a_k with class ids c_k. All cosines are between L2-normalised vectors.
 
 Pooling (weighted mean of L2-normalised tokens, then normalised; normalising tokens first keeps a few
 high-norm tokens, e.g. ViT artefact tokens, from dominating the pool):
@@ -44,8 +44,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hica.alignment.losses.global_ import check_temperature, multi_positive_nce
 from hica.errors import HicaError
+from hica.losses.global_alignment import check_temperature, multi_positive_nce
+from hica.model.hica_model import HiCAOutput
 
 EmptyRoi = Literal["whole", "skip"]
 EMPTY_ROI_MODES = ("whole", "skip")
@@ -100,21 +101,22 @@ class LocalAlignmentLoss(nn.Module):
         self.background_weight = float(background_weight)
         self.empty_roi = empty_roi
 
-    def forward(
-        self,
-        local: torch.Tensor,
-        roi: torch.Tensor,
-        positives: torch.Tensor,
-        positive_mask: torch.Tensor,
-        bank: torch.Tensor,
-        bank_labels: torch.Tensor,
-        labels: torch.Tensor,
-    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``local`` (B, N, D) tokens; ``roi`` (B, N) weights in [0, 1]; ``positives`` (B, P, D) with
-        ``positive_mask`` (B, P) bool; ``bank`` (A, D) all attribute phrases with ``bank_labels`` (A,);
-        ``labels`` (B,). Returns ``(L_local, diagnostics)``; diagnostics are detached 0-d tensors:
-        ``contrast``, ``background``, ``roi_pos_sim`` / ``bg_pos_sim`` (mean cosine of the ROI / background
-        pool to the positive phrases), ``n_images``, ``n_whole_roi``, ``n_background``."""
+    def forward(self, out: HiCAOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``L_local`` of ``out.local`` (B, N, D) tokens pooled with ``out.roi`` (B, N) weights in [0, 1],
+        against ``out.positives`` (B, P, D) with ``out.positive_mask`` (B, P) (default: every phrase of
+        the image's class in ``out.bank``), with ``out.bank`` (A, D) / ``out.bank_labels`` (A,) as the
+        phrases; ``labels`` (B,). Returns ``{"local": L_local, "local/<name>": ...}``, the diagnostics
+        detached 0-d tensors: ``contrast``, ``background``, ``roi_pos_sim`` / ``bg_pos_sim`` (mean cosine
+        of the ROI / background pool to the positive phrases), ``n_images``, ``n_whole_roi``,
+        ``n_background``."""
+        local, roi, bank, bank_labels = out.local, out.roi, out.bank, out.bank_labels
+        if roi is None:
+            raise ValueError("the local term needs roi (ROI token weights); pass them or set use_local=False")
+        positives, positive_mask = out.positives, out.positive_mask
+        if positives is None:
+            positives, positive_mask = positives_from_bank(bank, bank_labels, labels)
+        elif positive_mask is None:
+            positive_mask = torch.ones(positives.shape[:2], dtype=torch.bool, device=positives.device)
         b, n, d = local.shape
         if roi.shape != (b, n):
             raise ValueError(f"roi must be ({b}, {n}) like the tokens, got {tuple(roi.shape)}")
@@ -167,13 +169,14 @@ class LocalAlignmentLoss(nn.Module):
             mean_bg = (sim_bg * positive_mask).sum(-1) / n_pos
             nan = torch.tensor(float("nan"), device=local.device)
             zero_count = torch.zeros((), dtype=torch.long, device=local.device)
-            diag = {
-                "contrast": contrast.detach(),
-                "background": background.detach(),
-                "roi_pos_sim": mean_pos[used].mean() if used.any() else nan,
-                "bg_pos_sim": mean_bg[has_bg].mean() if has_bg.any() else nan,
-                "n_images": used.sum(),
-                "n_whole_roi": (empty & used).sum() if self.empty_roi == "whole" else zero_count,
-                "n_background": has_bg.sum(),
+            terms = {
+                "local": total,
+                "local/contrast": contrast.detach(),
+                "local/background": background.detach(),
+                "local/roi_pos_sim": mean_pos[used].mean() if used.any() else nan,
+                "local/bg_pos_sim": mean_bg[has_bg].mean() if has_bg.any() else nan,
+                "local/n_images": used.sum(),
+                "local/n_whole_roi": (empty & used).sum() if self.empty_roi == "whole" else zero_count,
+                "local/n_background": has_bg.sum(),
             }
-        return total, diag
+        return terms
