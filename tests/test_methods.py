@@ -16,8 +16,17 @@ from hica.errors import HicaError
 from hica.methods import ClassText, FewShotData, method_registry
 from hica.methods.selection import val_score
 
-FEATURE_METHODS = ["zeroshot", "prototype", "knn", "linear_probe", "tip_adapter", "tip_adapter_f", "clap"]
-TEXT_METHODS = ["zeroshot", "tip_adapter", "tip_adapter_f", "clap"]
+FEATURE_METHODS = [
+    "zeroshot",
+    "prototype",
+    "knn",
+    "linear_probe",
+    "tip_adapter",
+    "tip_adapter_f",
+    "clap",
+    "lp_plus_plus",
+]
+TEXT_METHODS = ["zeroshot", "tip_adapter", "tip_adapter_f", "clap", "lp_plus_plus"]
 D, C = 64, 3
 
 
@@ -144,22 +153,27 @@ def test_tip_adapter_f_trains_the_keys() -> None:
     assert shift.min() > 1e-3 and shift.max() < 1.0  # moved, but stayed near the support features
 
 
-def test_linear_probe_selection_is_the_validation_argmax() -> None:
-    """The chosen C maximises the validation score, recomputed here; other validation labels change it."""
+def test_linear_probe_selection_reads_validation() -> None:
+    """lpclip's search on the validation shots (tests/test_fidelity_clap_lp.py checks it step by step): the
+    coarse pick is the validation argmax over the coarse grid, recomputed here; the refinement stays within a
+    decade of it; other validation labels change the pick."""
     data, _, _ = _episode(8, text="random", spread=0.3)
     lp = method_registry()["linear_probe"]
     x, y = data.support.double().numpy(), data.support_labels.numpy()
+    grid = lp().hparams["c_grid"]
 
-    def best_c(val_labels: torch.Tensor) -> float:
+    def coarse_c(val_labels: torch.Tensor) -> float:
         scores = {}
-        for c in lp().hparams["c_grid"]:
+        for c in grid:
             p = LogisticRegression(C=c, max_iter=1000).fit(x, y).predict_proba(data.val.double().numpy())
             scores[c] = val_score(torch.from_numpy(p).float(), val_labels)
         return max(scores, key=lambda c: (scores[c], -c))
 
     permuted = (data.val_labels + 1) % C
     good, bad = lp().fit(data).selected, lp().fit(_with_val_labels(data, permuted)).selected
-    assert good["C"] == best_c(data.val_labels) and bad["C"] == best_c(permuted)
+    for sel, labels in ((good, data.val_labels), (bad, permuted)):
+        assert sel["C_coarse"] == coarse_c(labels) and sel["C_searched"][: len(grid)] == grid
+        assert sel["C"] in sel["C_searched"] and abs(np.log10(sel["C"] / sel["C_coarse"])) <= 1
     assert good["C"] != bad["C"] and good["val_accuracy"] > bad["val_accuracy"]
 
 
@@ -183,7 +197,7 @@ def test_tip_adapter_search_matches_brute_force() -> None:
         aff = torch.exp(-b * (1 - data.val @ data.support.T)) @ onehot
         return val_score((zs + a * aff).softmax(-1), data.val_labels)
 
-    grid = list(itertools.product(tip.hparams["betas"], tip.hparams["alphas"]))
+    grid = list(itertools.product(*tip.grids()))
     best = max(score(b, a) for b, a in grid)
     assert score(tip.selected["beta"], tip.selected["alpha"]) == best
     assert tip.selected["val_accuracy"] == best[0]

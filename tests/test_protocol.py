@@ -102,6 +102,18 @@ def test_outputs_written(finished_run) -> None:
     assert "| linear_probe |" in md and "K=2" in md and "chance level" in md
 
 
+def test_views_only_when_a_method_asks(finished_run) -> None:
+    """Augmented views are made only for methods that ask (``Method.views_needed``), and the view seed is in
+    the config hash only then (configs without such methods keep their hash)."""
+    from hica.eval.protocol import Benchmark
+
+    cfg, out, cache, result = finished_run
+    bench = Benchmark(cfg, out, progress=False)
+    asks = any(bench.views_needed[m] > 0 for m in cfg.methods if not bench.registry[m].zero_shot)
+    assert ("view_cache_misses" in result["timings"]) == asks == (cache / "views").is_dir()
+    assert ("view_seed" in bench.scope) == any(bench.views_needed.values())
+
+
 def test_episodes_never_touch_test(finished_run) -> None:
     _, out, _, result = finished_run
     for run in result["runs"]:

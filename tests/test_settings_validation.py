@@ -13,7 +13,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -38,7 +37,7 @@ BAD = [
     ("clap", {"epochs": 0}, "epochs must be >= 1, got 0"),
     ("clap", {"lr": -1}, "lr must be > 0, got -1"),
     ("clap", {"epochs": "x"}, "epochs must be an integer, got 'x'"),
-    ("clap", {"lrr": 0.1}, "unknown argument(s) ['lrr']; known: ['batch_size', 'epochs', 'lr']"),
+    ("clap", {"lrr": 0.1}, "unknown argument(s) ['lrr']; known: ['batch_size', 'epochs', 'lr', 'views']"),
     ("prototype", {"temperatures": [-1]}, "temperatures[0] must be > 0, got -1"),
     ("tip_adapter_f", {"lr": -1}, "lr must be > 0, got -1"),
     ("prototype", {"temperatures": []}, "temperatures must be a non-empty list, got []"),
@@ -70,10 +69,11 @@ VALID: dict[str, dict] = {
     "zeroshot": {},
     "prototype": {"temperatures": [0.05, 0.5]},
     "knn": {"ks": [1, 2]},
-    "linear_probe": {"c_grid": [0.5, 2], "max_iter": 200},
+    "linear_probe": {"c_grid": [0.5, 2], "refine_steps": 2, "max_iter": 200},
+    "lp_plus_plus": {"epochs": 20, "alpha_every": 5, "alpha_grad": "accumulated"},
     "tip_adapter": {"alphas": [0, 1], "betas": [1, 4]},
     "tip_adapter_f": {"epochs": 2, "lr": 0.01, "init_beta": 2, "alphas": [1]},
-    "clap": {"epochs": 7, "lr": 0.05, "batch_size": 4},
+    "clap": {"epochs": 7, "lr": 0.05, "batch_size": 4, "views": 3},
     "finetune": {"steps": 3, "eval_every": 1, "temperature": 0.1},
     "hica": {"steps": 2, "roi": "proposed", "lambda_cross": 0, "head_steps": 0},
     "hica_global_only": {"freeze_stages": 0, "temperature": 0.1},
@@ -86,12 +86,18 @@ DEFAULTS = {
     "zeroshot": {},
     "prototype": {"temperatures": [0.2, 0.1, 0.05, 0.02, 0.01]},
     "knn": {"ks": [1, 3, 5, 7, 9, 11, 13, 15]},
-    "linear_probe": {"c_grid": [float(c) for c in np.logspace(-2, 3, 11)], "max_iter": 1000},
+    "linear_probe": {"c_grid": [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6], "refine_steps": 8, "max_iter": 1000},
+    "lp_plus_plus": {"epochs": 300, "alpha_every": 10, "alpha_grad": "accumulated"},
     "tip_adapter": {
-        "alphas": [0.1, 0.3, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0],
-        "betas": [0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 13.0],
+        "views": 10,
+        "beta_max": 50.0,
+        "beta_steps": 200,
+        "alpha_max": 50.0,
+        "alpha_steps": 20,
+        "betas": None,
+        "alphas": None,
     },
-    "clap": {"epochs": 300, "lr": 0.1, "batch_size": 256},
+    "clap": {"epochs": 300, "lr": 0.1, "batch_size": 256, "views": 20},
     "finetune": {
         "steps": 24,
         "batch_size": 16,
@@ -261,12 +267,13 @@ def test_valid_settings_are_accepted(method: str) -> None:
     m.fit(data)
     p = m.predict_proba(tx)
     assert p.shape == (len(tx), 3) and torch.allclose(p.sum(1), torch.ones(len(tx)), atol=1e-5)
-    chosen = {"prototype": "temperature", "knn": "k", "linear_probe": "C"}
+    chosen = {"prototype": "temperature", "knn": "k", "linear_probe": "C_coarse"}  # C: refined around it
     if method in chosen:  # the search ran over the given grid
         grid = next(iter(args.values()))
         assert m.selected[chosen[method]] in grid
     if method.startswith("tip_adapter"):
-        assert m.selected["alpha"] in m.hparams["alphas"] and m.selected["beta"] in m.hparams["betas"]
+        betas, alphas = m.grids()
+        assert m.selected["alpha"] in alphas and m.selected["beta"] in betas
 
 
 def test_docs_table_matches_the_code() -> None:

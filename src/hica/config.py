@@ -68,6 +68,9 @@ class BenchmarkConfig(StrictConfig):
     # "val" scores the validation split instead of test (minus each episode's validation shots): for
     # choosing hyperparameters without touching test. Reported results use "test".
     eval_split: Literal["test", "val"] = "test"
+    # Seeds the augmented views of support images that methods ask for (``Method.views_needed``); part of
+    # the views cache's key and, when a method uses views, of the config hash.
+    view_seed: int = Field(0, ge=0)
 
     @field_validator("shots")
     @classmethod

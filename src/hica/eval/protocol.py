@@ -1,7 +1,8 @@
 """The benchmark protocol: datasets × K × seeds × methods on one encoder, features cached.
 
 It knows nothing about any single method: feature methods get an episode's cached features
-(``FewShotData``), image methods get its preprocessed images (``ImageFewShotData``). The grid runs on
+(``FewShotData``, with augmented support views when the method asks for them: ``Method.views_needed``),
+image methods get its preprocessed images (``ImageFewShotData``). The grid runs on
 :class:`hica.eval.grid.GridRun`: every finished (dataset, method, K, seed) is written to ``parts/`` at once,
 so an interrupted run resumes where it stopped. :meth:`Benchmark.run` returns the per-run records and
 timings; writing metrics.json, predictions.csv and results.md is :func:`hica.jobs.benchmark.run_benchmark`'s.
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from hica.cache import FeatureCache, Features
+from hica.cache import FeatureCache, Features, ViewAugment
 from hica.config import BenchmarkConfig, dump_config
 from hica.data.catalog import load_dataset
 from hica.data.episodes import Episode, sample_episode
@@ -84,6 +85,35 @@ def image_episode(
     return data
 
 
+def view_augment(enc: DualEncoder, ds: Dataset) -> ViewAugment:
+    """The augmentation of support views: HiCA stage 2's (``training_augment`` for the modality of the
+    dataset's descriptors, generic without; default ``min_scale``) applied as stage 2 does — to the
+    preprocessed image mapped back to [0, 1], then normalised again."""
+    from hica.data.descriptors import load_descriptors
+    from hica.methods.hica import HiCASettings, modality_of
+    from hica.model.augment import training_augment
+    from hica.model.imagedata import input_spec
+
+    modality = modality_of(load_descriptors(ds.descriptors).modality) if ds.descriptors else "generic"
+    spec = input_spec(enc)
+    min_scale = HiCASettings().min_scale
+    aug = training_augment(modality, spec.size, min_scale=min_scale)  # type: ignore[arg-type]
+    mean = torch.tensor(spec.mean).view(3, 1, 1)
+    std = torch.tensor(spec.std).view(3, 1, 1)
+
+    def fn(x: torch.Tensor) -> torch.Tensor:
+        return spec.normalize(aug((x * std + mean).clamp(0, 1))[0])
+
+    key = {
+        "augment": "training_augment",
+        "modality": modality,
+        "size": spec.size,
+        "min_scale": min_scale,
+        "strength": 1.0,
+    }
+    return ViewAugment(key=key, fn=fn)
+
+
 def part_key(dataset: str, method: str, k: int, seed: int) -> str:
     """One run's part (and episode file) name without ``.json``: ``<dataset>__<method>__K<k>__s<seed>``."""
     safe = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in dataset)
@@ -113,12 +143,18 @@ class Benchmark:
         self.device = resolve_device(cfg.device)
         self.precision = resolve_precision(cfg.precision, self.device)
         self.registry = method_registry()
+        self.views_needed: dict[str, int] = {}
         for method in cfg.methods:  # settings checked before any encoding (also when cfg was changed in code)
-            self.registry[method].check_settings(cfg.method_args.get(method, {}))
-        # Where data and features are read from does not change a result: resuming ignores it.
-        self.scope = cfg.model_dump(mode="json", exclude={"cache_dir", "data_root"})
+            cls = self.registry[method]
+            hp = cls.check_settings(cfg.method_args.get(method, {}))
+            self.views_needed[method] = cls.views_needed(hp) if hasattr(cls, "views_needed") else 0
+        # Where data and features are read from does not change a result: resuming ignores it; nor does the
+        # view seed when no method uses augmented views.
+        exclude = {"cache_dir", "data_root"} | (set() if any(self.views_needed.values()) else {"view_seed"})
+        self.scope = cfg.model_dump(mode="json", exclude=exclude)
         self.cache = FeatureCache(cfg.cache_dir, batch_size=cfg.batch_size, precision=self.precision)
         self.timings: dict[str, Any] = {}
+        self._augments: dict[str, ViewAugment] = {}
 
     # -- setup ---------------------------------------------------------------------------------------------
     def encoder(self) -> DualEncoder:
@@ -168,7 +204,8 @@ class Benchmark:
         """Fit ``method`` on episode ``ep`` (None: zero-shot) with the config's arguments; the fitted method.
 
         Image-level methods get the episode's images (and text / masks when they use them); feature methods
-        get its cached, normalised features and ``st.text``."""
+        get its cached, normalised features and ``st.text``, and the first ``views_needed`` cached augmented
+        views of each support image when they ask for some."""
         cls = self.registry[method]
         args = self.cfg.method_args.get(method, {})
         if getattr(cls, "image_level", False):
@@ -187,6 +224,13 @@ class Benchmark:
                 for split, ids in (("train", ep.support), ("val", ep.val))
             )
             sup_x, sup_y, val_x, val_y = sup_f.global_, sup_f.labels, val_f.global_, val_f.labels
+        n_views = cls.views_needed(cls.check_settings(args))
+        views = None
+        if n_views > 0 and ep is None:
+            views = torch.empty(0, n_views, sup_x.shape[1])
+        elif n_views > 0:
+            sup = [st.by_id[i] for i in sup_f.ids]  # the support rows (unreadable ones dropped: skip_bad)
+            views = normalize_features(self.support_views(enc, st.ds, sup, n_views))
         data = FewShotData(
             support=normalize_features(sup_x),
             support_labels=sup_y,
@@ -195,8 +239,15 @@ class Benchmark:
             num_classes=len(st.ds.classes),
             text=st.text,
             seed=seed,
+            support_views=views,
         )
         return cls(**args).fit(data)
+
+    def support_views(self, enc: DualEncoder, ds: Dataset, samples: list[Sample], n: int) -> torch.Tensor:
+        """(len(samples), n, D) cached augmented views (train split, the config's ``view_seed``)."""
+        if ds.name not in self._augments:
+            self._augments[ds.name] = view_augment(enc, ds)
+        return self.cache.views(enc, ds, "train", samples, n, self._augments[ds.name], self.cfg.view_seed)
 
     def _run_one(
         self, enc: DualEncoder, st: DatasetState, method: str, k: int, seed: int, ep: Episode | None
@@ -284,5 +335,8 @@ class Benchmark:
                     records.append(rec)
         self.timings["total"] = round(time.perf_counter() - t_start, 2)
         self.timings["cache_hits"], self.timings["cache_misses"] = self.cache.hits, self.cache.misses
+        if self.cache.view_hits or self.cache.view_misses:  # (image, view) pairs; absent when none was asked
+            self.timings["view_cache_hits"] = self.cache.view_hits
+            self.timings["view_cache_misses"] = self.cache.view_misses
         self.timings["grid"] = grid.summary()
         return BenchmarkRun(records=records, timings=self.timings)

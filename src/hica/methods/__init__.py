@@ -5,6 +5,7 @@ from hica.methods import (  # noqa: F401  (registration)
     finetune,
     hica,
     linear_probe,
+    lp_plus_plus,
     prototype,
     tip_adapter,
     zeroshot,

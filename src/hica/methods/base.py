@@ -32,6 +32,9 @@ class FewShotData:
     text: ClassText | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    # (N, V, D): V augmented views of each support image, in the order of ``support``; None unless the
+    # method asked for views (``Method.views_needed``)
+    support_views: torch.Tensor | None = None
 
 
 class Configurable:
@@ -61,6 +64,12 @@ class Method(Configurable, ABC):
     name: ClassVar[str] = "method"
     uses_text: ClassVar[bool] = False  # needs ``FewShotData.text``
     zero_shot: ClassVar[bool] = False  # uses no labelled image
+
+    @classmethod
+    def views_needed(cls, hparams: Mapping[str, Any]) -> int:
+        """How many augmented views per support image ``fit`` wants in ``FewShotData.support_views`` for the
+        validated settings ``hparams`` (``cls.check_settings(args)``); 0 (the default): none."""
+        return 0
 
     @abstractmethod
     def fit(self, data: FewShotData) -> Method:

@@ -1,37 +1,91 @@
-"""Linear probe (CLIP, Radford et al., ICML 2021; CoOp protocol, Zhou et al., IJCV 2022).
+"""Linear probe (CLIP, Radford et al., ICML 2021, App. A.3) with CoOp's search of C (Zhou et al., IJCV 2022;
+official code github.com/KaiyangZhou/CoOp, ``lpclip/linear_probe.py`` and ``lpclip/linear_probe.sh``).
 
-L2-regularised multinomial logistic regression (scikit-learn, lbfgs) on the frozen features. The inverse
-regularisation strength C is chosen on the validation shots from ``C_GRID`` (10⁻² … 10³, 11 values, log
-spaced): highest validation accuracy, then balanced accuracy, then lowest validation log-loss, then the
-smaller C. The model is refit on the support set with the chosen C (the support is unchanged, so the refit
-is the selected model itself).
+L2-regularised multinomial logistic regression (scikit-learn, lbfgs, ``max_iter`` 1000 as lpclip) on the
+frozen features. The inverse regularisation strength C is searched on the validation shots as lpclip does:
+
+1. **coarse**: every C of ``c_grid`` — lpclip's ``search_list`` 1e-6, 1e-4, …, 1e6 (every second power of
+   ten); the best is c*;
+2. **refinement** (``refine_steps``, lpclip's ``--num_step 8``): the interval [c*/10, 10·c*]; each step fits
+   both ends, keeps the better one (the left unless the right is strictly better, as lpclip) and moves the
+   other end to the interval's log10 midpoint. C is the better end of the last step (lpclip's ``c_final``),
+   not the best C seen. With ``refine_steps: 0``, C = c*.
+
+A candidate's score is hica's (``selection.val_score``: accuracy, then balanced accuracy, then −log-loss)
+where lpclip compares accuracy only; a tie in the coarse search goes to the smaller C (hica's rule, most
+regularised first; lpclip's argmax over its descending list keeps the larger). ``selected``: ``C`` (the
+final pick), ``C_coarse`` (c*), ``C_searched`` (every C fitted, in order), ``val_accuracy`` and ``edge``
+(``["C"]`` when c* is an end of ``c_grid``: the optimum may lie beyond the coarse range). Every fit starts
+from zero, as lpclip's: warm starts are not used because for large C on separable shots lbfgs stops on its
+gradient tolerance within a few iterations, so where it stops — and the validation score — depends on the
+starting point (measured: a different coarse pick). Each distinct C is fitted once (about 15 fits, well
+under a second for hundreds of shots); the selected fit is the model.
 """
 
 from __future__ import annotations
 
+import math
+import warnings
+from collections.abc import Callable, Sequence
+
 import numpy as np
 import torch
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 
 from hica.methods.base import FewShotData, Method, register_method
 from hica.methods.checks import need_shots
-from hica.methods.selection import select, single_threaded, val_score
-from hica.methods.settings import MethodSettings, PositiveGrid, PositiveInt
+from hica.methods.selection import Score, edge_picks, select, single_threaded, val_score
+from hica.methods.settings import MethodSettings, NonNegativeInt, PositiveGrid, PositiveInt
 
-C_GRID = tuple(float(c) for c in np.logspace(-2, 3, 11))
+C_GRID = (1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6)  # lpclip's search_list (ascending here)
+REFINE_STEPS = 8  # lpclip's --num_step
+
+
+def lpclip_search(
+    score: Callable[[float], Score], grid: Sequence[float], steps: int
+) -> tuple[float, Score, float, list[float]]:
+    """lpclip's search of C: (final C, its score, coarse best c*, every C scored in order).
+
+    ``score`` is called once per distinct C. Coarse: ``select`` over ``grid`` (ties → earlier). Then
+    ``steps`` rounds on [c*/10, 10·c*]: score both ends; the right end wins only if strictly better; the
+    loser is replaced by the log10 midpoint of the interval.
+    """
+    scores: dict[float, Score] = {}
+
+    def memo(c: float) -> Score:
+        if c not in scores:
+            scores[c] = score(c)
+        return scores[c]
+
+    peak, best = select(grid, memo)
+    c = peak
+    lo, hi = 1e-1 * peak, 1e1 * peak
+    for _ in range(steps):
+        c, best = select((lo, hi), memo)
+        mid = 10.0 ** (0.5 * (math.log10(lo) + math.log10(hi)))
+        lo, hi = (mid, hi) if c == hi else (lo, mid)
+    return c, best, peak, list(scores)
 
 
 @register_method("linear_probe")
 class LinearProbe(Method):
-    """Logistic regression on frozen features; hparams: ``c_grid`` (ascending), ``max_iter``."""
+    """Logistic regression on frozen features, C searched as CoOp's lpclip; hparams: ``c_grid`` (the
+    coarse grid, ascending), ``refine_steps``, ``max_iter``."""
 
     class Settings(MethodSettings):
         c_grid: PositiveGrid = C_GRID
+        refine_steps: NonNegativeInt = REFINE_STEPS
         max_iter: PositiveInt = 1000
 
     def _fit(self, c: float, x: np.ndarray, y: np.ndarray) -> LogisticRegression:
+        """A fit at C = ``c`` from zero, as lpclip (see the module docstring on warm starts)."""
         clf = LogisticRegression(C=c, solver="lbfgs", max_iter=self.hparams["max_iter"])
-        return clf.fit(x, y)
+        with warnings.catch_warnings():  # large C on separable shots stops at max_iter, as in lpclip
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            clf.fit(x, y)
+        self.fits[c] = clf
+        return clf
 
     def _proba(self, clf: LogisticRegression, x: np.ndarray) -> torch.Tensor:
         p = np.zeros((len(x), self.k))
@@ -44,10 +98,20 @@ class LinearProbe(Method):
         x, y = data.support.double().numpy(), data.support_labels.numpy()
         xv, yv = data.val.double().numpy(), data.val_labels
         self.k = data.num_classes
-        fits = {c: self._fit(c, x, y) for c in self.hparams["c_grid"]}
-        c, s = select(fits, lambda c: val_score(self._proba(fits[c], xv), yv))
-        self.clf = fits[c]
-        self.selected = {"C": c, "val_accuracy": s[0]}
+        self.fits: dict[float, LogisticRegression] = {}
+        grid = list(self.hparams["c_grid"])
+        c, s, peak, searched = lpclip_search(
+            lambda c: val_score(self._proba(self._fit(c, x, y), xv), yv), grid, self.hparams["refine_steps"]
+        )
+        self.clf = self.fits[c]
+        self.fits = {}  # only the selected model is kept
+        self.selected = {
+            "C": c,
+            "val_accuracy": s[0],
+            "C_coarse": peak,
+            "C_searched": searched,
+            "edge": edge_picks({"C": peak}, {"C": grid}),
+        }
         return self
 
     @single_threaded

@@ -169,6 +169,9 @@ def _type_text(tp: Any) -> tuple[str, list[str]]:
         return f"list[{inner}]", ([f"each {' and '.join(inner_ranges)}"] if inner_ranges else []) + ranges
     if origin is Literal:
         return " \\| ".join(repr(a) for a in typing.get_args(tp)), ranges
+    if origin is typing.Union:  # an optional grid (Tip-Adapter's betas / alphas): the inner type's ranges
+        parts = [("None", []) if a is type(None) else _type_text(a) for a in typing.get_args(tp)]
+        return " \\| ".join(p[0] for p in parts), [r for p in parts for r in p[1]] + ranges
     if isinstance(tp, types.UnionType):
         return " \\| ".join(_type_text(a)[0] for a in typing.get_args(tp)), ranges
     return getattr(tp, "__name__", str(tp)), ranges

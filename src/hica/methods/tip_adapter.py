@@ -1,34 +1,58 @@
 """Tip-Adapter and Tip-Adapter-F (Zhang et al., "Tip-Adapter: Training-free Adaption of CLIP for Few-shot
-Classification", ECCV 2022), following the official code (gaopengcuhk/Tip-Adapter).
+Classification", ECCV 2022), following the official code (github.com/gaopengcuhk/Tip-Adapter, ``main.py``,
+``utils.py``, ``configs/*.yaml``).
 
-``tip_logits = s · f·Wᵀ + α · exp(−β (1 − f·Kᵀ)) · L`` with class text embeddings W, cache keys K (the
-normalised support features), one-hot cache values L and the encoder's logit scale s. The official code
-hard-codes s = 100 (CLIP's scale); using the encoder's own scale keeps α = 0 identical to ``zeroshot``.
+``tip_logits = s · f·Wᵀ + α · exp(−β (1 − f·Kᵀ)) · L`` with class text embeddings W, cache keys K, one-hot
+cache values L and the encoder's logit scale s. The official code hard-codes s = 100 (CLIP's scale); using
+the encoder's own scale keeps α = 0 identical to ``zeroshot``.
 
-α and β are grid-searched on the validation shots only (never on test): accuracy, then balanced accuracy,
-then log-loss; exact ties → the earlier grid point (smaller β, then smaller α). The official per-dataset
-search ranges reach β ≤ 13, α ≤ 13; ``ALPHAS`` goes up to 50 so the cache can outweigh poorly aligned
-(e.g. medical) text. Differences from the official code: keys come from one view per image (the official
-cache averages 10 augmented views), and the search grid is coarser (8 × 9 instead of 200 × 20 points).
+**Keys** (``utils.build_cache_model``): the mean over ``augment_epoch`` = 10 augmented views of each support
+image (RandomResizedCrop(scale 0.5–1) + horizontal flip), re-normalised to unit length. Here the mean of
+``views`` unit-norm view features (``FewShotData.support_views``), re-normalised; the official code averages
+the encoder's raw (unnormalised) outputs, which weights views by their norm. Without views (a hand-built
+``FewShotData``) the keys are the plain support features; ``selected["keys"]`` says which ("views:10" /
+"plain").
 
-Tip-Adapter-F turns the keys into a trainable linear layer initialised from K and trains it on the support
-features with cross-entropy on the tip logits at α = ``init_alpha``, β = ``init_beta`` (official: 1, 1–2):
-AdamW (lr 1e-3, eps 1e-4), batch 256, cosine schedule over ``epochs`` (official: 20 for most datasets)
-× batches, data order seeded by ``data.seed``. The official code keeps the epoch with the best *test*
-accuracy; here the last epoch is kept. α, β are then searched again with the trained keys.
+**α, β search** (``utils.search_hp``): β and α each run over
+``[i · (scale − 0.1) / step + 0.1 for i in range(step)]`` (0.1 up to, not including, ``scale``), with
+``search_step: [200, 20]`` in every official config and per-dataset ``search_scale`` from [7, 3] (ImageNet,
+Pets, UCF101) to [30, 30] (FGVC Aircraft) and [50, 50] (Flowers102). The defaults here are 200 β × 20 α with
+both scales 50 (the widest official range); ``betas`` / ``alphas`` replace a list by an explicit grid. The
+search reads the validation shots only: accuracy, then balanced accuracy, then log-loss; on an exact tie the
+earlier point wins (smaller β, then smaller α — the official loop keeps the first best accuracy in the same
+order). ``selected["edge"]`` lists the settings picked on a grid edge (``selection.edge_picks``).
+
+**Tip-Adapter-F** (``main.run_tip_adapter_F``): the keys become a trainable linear layer initialised from K
+and are trained with cross-entropy on the tip logits at α = ``init_alpha``, β = ``init_beta`` (official
+1.17–10 and 1) on freshly augmented support images each epoch: epoch e feeds view ``e mod V`` of every
+support image (the plain features without views). AdamW (lr 1e-3, eps 1e-4, default weight decay), batch
+256 shuffled by ``data.seed``, cosine schedule over epochs × batches, 20 epochs (configs: ``lr``,
+``train_epoch``; EuroSAT 100). The official code keeps the epoch with the best *test* accuracy; here the
+last epoch is kept. α, β are then searched again with the trained keys.
 """
 
 from __future__ import annotations
 
-import itertools
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Gt
 
+from hica.errors import HicaError
 from hica.methods.base import FewShotData, Method, register_method
 from hica.methods.checks import need_shots, need_text
-from hica.methods.selection import select, single_threaded, val_score
+from hica.methods.selection import (
+    Score,
+    edge_picks,
+    select_refined,
+    single_threaded,
+    val_score,
+    val_scores,
+)
 from hica.methods.settings import (
+    Float,
     MethodSettings,
     NonNegativeFloat,
     NonNegativeGrid,
@@ -38,8 +62,28 @@ from hica.methods.settings import (
 )
 from hica.methods.zeroshot import text_logits
 
-BETAS = (0.5, 1.0, 2.0, 3.0, 5.0, 7.0, 10.0, 13.0)
-ALPHAS = (0.1, 0.3, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
+GRID_START = 0.1  # the first value of every official search list
+GridMax = Annotated[Float, Gt(GRID_START)]  # the list ascends from 0.1 only for a larger scale
+
+
+def official_grid(scale: float, steps: int) -> list[float]:
+    """``search_hp``'s list: ``[i · (scale − 0.1) / steps + 0.1 for i in range(steps)]``."""
+    return [i * (scale - GRID_START) / steps + GRID_START for i in range(steps)]
+
+
+def view_mean_keys(views: torch.Tensor) -> torch.Tensor:
+    """(N, V, D) view features → (N, D) keys: the mean over views, re-normalised (``build_cache_model``)."""
+    return F.normalize(views.mean(1), dim=-1)
+
+
+def train_view_index(epoch: int, n_views: int) -> int:
+    """The view Tip-Adapter-F trains on in ``epoch``: a different augmentation each epoch, cycling."""
+    return epoch % n_views
+
+
+def cache_logits(affinity: torch.Tensor, values: torch.Tensor, beta: float) -> torch.Tensor:
+    """``exp(−β (1 − A)) · L`` for affinities A = f·Kᵀ."""
+    return torch.exp(-beta * (1 - affinity)) @ values
 
 
 def tip_logits(
@@ -51,24 +95,87 @@ def tip_logits(
     beta: float,
 ) -> torch.Tensor:
     """Zero-shot logits plus α × the cache logits ``exp(−β (1 − f·Kᵀ)) · L``."""
-    cache = torch.exp(-beta * (1 - f @ keys.T)) @ values
-    return text_logits_ + alpha * cache
+    return text_logits_ + alpha * cache_logits(f @ keys.T, values, beta)
+
+
+def search_alpha_beta(
+    affinity: torch.Tensor,
+    zs: torch.Tensor,
+    values: torch.Tensor,
+    labels: torch.Tensor,
+    betas: Sequence[float],
+    alphas: Sequence[float],
+) -> tuple[float, float, Score]:
+    """(β, α, score) maximising ``val_score`` over every (β, α), β-major; ties → the earliest point.
+
+    ``affinity`` (M, N) and the zero-shot logits ``zs`` (M, C) are computed once; each β's cache logits are
+    scored for all α at once, so 200 × 20 points take milliseconds. The best few are rescored one by one,
+    so the pick and its score are exactly those of ``select`` over ``val_score`` of ``tip_logits``."""
+    a = torch.tensor(list(alphas), dtype=zs.dtype)[:, None, None]
+    approx: list[Score] = []
+    for b in betas:
+        approx += val_scores((zs + a * cache_logits(affinity, values, b)).softmax(-1), labels)
+
+    def exact(i: int) -> Score:
+        beta, alpha = betas[i // len(alphas)], alphas[i % len(alphas)]
+        return val_score((zs + alpha * cache_logits(affinity, values, beta)).softmax(-1), labels)
+
+    i, s = select_refined(approx, exact)
+    return betas[i // len(alphas)], alphas[i % len(alphas)], s
 
 
 @register_method("tip_adapter")
 class TipAdapter(Method):
-    """Training-free cache model on top of zero-shot logits; hparams: ``alphas``, ``betas``."""
+    """Training-free cache model on top of zero-shot logits; settings: ``views`` (augmented views averaged
+    into each key), the search lists (``beta_max``/``beta_steps``, ``alpha_max``/``alpha_steps``, or
+    explicit ``betas``/``alphas``)."""
 
     uses_text = True
 
     class Settings(MethodSettings):
-        alphas: NonNegativeGrid = ALPHAS
-        betas: PositiveGrid = BETAS
+        views: PositiveInt = 10
+        beta_max: GridMax = 50.0
+        beta_steps: PositiveInt = 200
+        alpha_max: GridMax = 50.0
+        alpha_steps: PositiveInt = 20
+        betas: PositiveGrid | None = None
+        alphas: NonNegativeGrid | None = None
+
+    @classmethod
+    def views_needed(cls, hparams: Mapping[str, Any]) -> int:
+        """Augmented views per support image that the keys average (setting ``views``)."""
+        return int(hparams["views"])
+
+    def grids(self) -> tuple[list[float], list[float]]:
+        """The searched (β list, α list): explicit grids, else the official formula."""
+        h = self.hparams
+        betas = h["betas"] if h["betas"] is not None else official_grid(h["beta_max"], h["beta_steps"])
+        alphas = h["alphas"] if h["alphas"] is not None else official_grid(h["alpha_max"], h["alpha_steps"])
+        return list(betas), list(alphas)
+
+    def _support_views(self, data: FewShotData) -> torch.Tensor | None:
+        """The first ``views`` augmented views (N, V, D) of each support image, or None without views."""
+        views = data.support_views
+        if views is None:
+            return None
+        n, want = len(data.support), self.hparams["views"]
+        if views.dim() != 3 or views.shape[0] != n or views.shape[2] != data.support.shape[1]:
+            raise HicaError(
+                f"{self.name}: support_views must be (N, V, D) = ({n}, V, {data.support.shape[1]}), "
+                f"got {tuple(views.shape)}"
+            )
+        if views.shape[1] < want:
+            raise HicaError(f"{self.name}: views = {want} but only {views.shape[1]} augmented view(s) given")
+        return views[:, :want]
 
     def _init(self, data: FewShotData) -> None:
         self.text = need_text(data, self.name)
         need_shots(data, self.name)
-        self.keys = data.support.clone()
+        self.views = self._support_views(data)
+        if self.views is None:
+            self.keys, self.key_source = data.support.clone(), "plain"
+        else:
+            self.keys, self.key_source = view_mean_keys(self.views), f"views:{self.views.shape[1]}"
         self.values = F.one_hot(data.support_labels, data.num_classes).float()
 
     def _logits(self, f: torch.Tensor, alpha: float, beta: float) -> torch.Tensor:
@@ -78,15 +185,16 @@ class TipAdapter(Method):
     @torch.no_grad()
     def _search(self, data: FewShotData) -> None:
         zs = text_logits(data.val, self.text.class_emb, self.text.logit_scale)
-        grid = list(itertools.product(self.hparams["betas"], self.hparams["alphas"]))
-        (b, a), s = select(
-            grid,
-            lambda ba: val_score(
-                tip_logits(data.val, zs, self.keys, self.values, ba[1], ba[0]).softmax(-1), data.val_labels
-            ),
-        )
+        betas, alphas = self.grids()
+        b, a, s = search_alpha_beta(data.val @ self.keys.T, zs, self.values, data.val_labels, betas, alphas)
         self.alpha, self.beta = a, b
-        self.selected = {"alpha": a, "beta": b, "val_accuracy": s[0]}
+        self.selected = {
+            "alpha": a,
+            "beta": b,
+            "val_accuracy": s[0],
+            "keys": self.key_source,
+            "edge": edge_picks({"beta": b, "alpha": a}, {"beta": betas, "alpha": alphas}),
+        }
 
     @single_threaded
     def fit(self, data: FewShotData) -> TipAdapter:
@@ -102,8 +210,8 @@ class TipAdapter(Method):
 
 @register_method("tip_adapter_f")
 class TipAdapterF(TipAdapter):
-    """Tip-Adapter with the cache keys fine-tuned on the support set; hparams as Tip-Adapter plus
-    ``epochs``, ``lr``, ``batch_size``, ``init_alpha``, ``init_beta``."""
+    """Tip-Adapter with the cache keys fine-tuned on fresh augmented views each epoch; settings as
+    Tip-Adapter plus ``epochs``, ``lr``, ``batch_size``, ``init_alpha``, ``init_beta``."""
 
     class Settings(TipAdapter.Settings):
         epochs: PositiveInt = 20
@@ -112,19 +220,26 @@ class TipAdapterF(TipAdapter):
         init_alpha: NonNegativeFloat = 1.0
         init_beta: PositiveFloat = 1.0
 
+    def _train_inputs(self, data: FewShotData, epoch: int) -> torch.Tensor:
+        """Epoch ``epoch``'s training features: one augmented view per support image (plain without)."""
+        if self.views is None:
+            return data.support
+        return self.views[:, train_view_index(epoch, self.views.shape[1])]
+
     @single_threaded
     def fit(self, data: FewShotData) -> TipAdapterF:
         self._init(data)
         h = self.hparams
         gen = torch.Generator().manual_seed(data.seed)
-        x, y = data.support, data.support_labels
-        zs = text_logits(x, self.text.class_emb, self.text.logit_scale)
+        y = data.support_labels
         keys = torch.nn.Parameter(self.keys.clone())
         opt = torch.optim.AdamW([keys], lr=h["lr"], eps=1e-4)  # AdamW's default weight decay, as official
-        n, bs = len(x), h["batch_size"]
+        n, bs = len(y), h["batch_size"]
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(1, h["epochs"] * -(-n // bs)))
         with torch.enable_grad():
-            for _ in range(h["epochs"]):
+            for epoch in range(h["epochs"]):
+                x = self._train_inputs(data, epoch)
+                zs = text_logits(x, self.text.class_emb, self.text.logit_scale)
                 perm = torch.randperm(n, generator=gen)
                 for i in range(0, n, bs):
                     idx = perm[i : i + bs]

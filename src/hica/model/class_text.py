@@ -20,11 +20,14 @@ class ClassText:
     ``class_emb``: (C, D) one embedding per class (normalised mean over its prompts).
     ``prompt_emb``: per class, (P_c, D) the individual prompt / descriptor embeddings.
     ``logit_scale``: the encoder's learned temperature (CLIP: 100); 1/τ for zero-shot logits.
+    ``class_norm``: (C,) length of each class's mean *raw* (unnormalised) prompt embedding, for methods whose
+    official code uses raw text embeddings (CLAP's prototypes); None when not measured.
     """
 
     class_emb: torch.Tensor
     prompt_emb: list[torch.Tensor]
     logit_scale: float = 100.0
+    class_norm: torch.Tensor | None = None
 
 
 def build_class_text(
@@ -36,7 +39,8 @@ def build_class_text(
 ) -> ClassText:
     """Encode every class's prompts (``descriptors.class_prompts(cls, mode)``) into a ``ClassText``.
 
-    Prompt embeddings are L2-normalised; a class embedding is the normalised mean of its prompts. Rows
+    Prompt embeddings are L2-normalised; a class embedding is the normalised mean of its prompts; the length
+    of the mean raw prompt embedding is kept as ``class_norm``. Rows
     follow ``classes`` (the dataset's label order). All tensors are float32 on CPU. ``logit_scale`` is the
     encoder's ``logit_scale`` attribute (already exponentiated, e.g. CLIP's 100), else 100.
     """
@@ -60,12 +64,16 @@ def build_class_text(
             if emb.ndim != 2 or emb.shape[0] != len(batch):
                 raise ValueError(f"encode_text returned shape {tuple(emb.shape)} for {len(batch)} texts")
             chunks.append(emb.detach().to("cpu", torch.float32))
-    all_emb = F.normalize(torch.cat(chunks), dim=-1)
-    prompt_emb = list(torch.split(all_emb, [len(ps) for ps in prompts]))
+    raw = torch.cat(chunks)
+    sizes = [len(ps) for ps in prompts]
+    class_norm = torch.stack([r.mean(0).norm() for r in torch.split(raw, sizes)])
+    all_emb = F.normalize(raw, dim=-1)
+    prompt_emb = list(torch.split(all_emb, sizes))
     class_emb = F.normalize(torch.stack([e.mean(0) for e in prompt_emb]), dim=-1)
     scale = getattr(encoder, "logit_scale", 100.0)
     return ClassText(
         class_emb=class_emb,
         prompt_emb=[e.clone() for e in prompt_emb],
         logit_scale=float(scale.item() if isinstance(scale, torch.Tensor) else scale),
+        class_norm=class_norm,
     )

@@ -16,10 +16,49 @@ from hica.io import write_json, write_text
 
 # left out of metrics.json's runs: per-image arrays (predictions.csv has them) and how a part was made
 _HEAVY = ("probs", "test_ids", "test_labels", STAMP)
+EDGE_FLAG = 0.05  # a method picking a grid edge in more than this fraction of its runs is flagged
+
+
+def edge_counts(records: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Grid-edge picks of the runs that searched (``selected["edge"]``, from ``selection.edge_picks``):
+    ``{"n": runs with an edge pick, "of": searching runs, "by_setting": {name: runs}}``; None if none
+    searched."""
+    edges = [r["selected"]["edge"] for r in records if "edge" in (r.get("selected") or {})]
+    if not edges:
+        return None
+    by: dict[str, int] = defaultdict(int)
+    for e in edges:
+        for name in e:
+            by[name] += 1
+    return {"n": sum(bool(e) for e in edges), "of": len(edges), "by_setting": dict(by)}
+
+
+def edge_table(records: list[dict[str, Any]], method_order: list[str] | None = None) -> str:
+    """results.md's "grid-edge picks per method" table ("" when no run recorded its picks)."""
+    methods = list(dict.fromkeys([*(method_order or []), *(r["method"] for r in records)]))
+    rows = []
+    for m in methods:
+        c = edge_counts([r for r in records if r["method"] == m])
+        if c is None:
+            continue
+        share = c["n"] / c["of"]
+        by = ", ".join(f"{k} {v}" for k, v in c["by_setting"].items()) or "–"
+        flag = f"⚠ > {EDGE_FLAG:.0%}" if share > EDGE_FLAG else ""
+        rows.append(f"| {m} | {c['n']} of {c['of']} ({share:.0%}) | {by} | {flag} |")
+    if not rows:
+        return ""
+    head = (
+        "### Grid-edge picks per method\n\n"
+        "Runs whose validation search picked the first or last value of a searched grid: the best value may "
+        f"lie outside the range searched. More than {EDGE_FLAG:.0%} of runs is flagged.\n\n"
+        "| method | grid-edge picks: n of N runs (%) | runs per setting | flag |\n|---|---|---|---|"
+    )
+    return "\n".join([head, *rows, ""])
 
 
 def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Mean ± std over seeds of every metric, per (dataset, method, K)."""
+    """Mean ± std over seeds of every metric, per (dataset, method, K); ``edge_picks`` (see
+    :func:`edge_counts`) where the runs recorded their grid-edge picks."""
     groups: dict[tuple[str, str, int], list[dict]] = defaultdict(list)
     for r in records:
         groups[(r["dataset"], r["method"], r["k"])].append(r)
@@ -35,6 +74,9 @@ def summarize(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
         for m in METRICS:
             mu, sd = mean_std([r["metrics"][m] for r in rs])
             row[m] = {"mean": mu, "std": sd}
+        edges = edge_counts(rs)
+        if edges is not None:  # only methods that searched a grid and recorded its edges
+            row["edge_picks"] = edges
         out.append(row)
     return out
 
@@ -119,6 +161,9 @@ def write_outputs(
         ),
         markdown_tables(summary, METRICS, method_order=cfg.methods),
     ]
+    edges = edge_table(records, cfg.methods)
+    if edges:
+        md.append(edges)
     if any(r["method"] == "zeroshot" for r in records) and cfg.encoder.name == "default":
         md.append(
             "> Zero-shot with the `default` encoder uses untrained projection heads: image and text are not "
