@@ -28,7 +28,7 @@ from hica.data.sample import Dataset, Sample, load_image
 from hica.encoders import DualEncoder, create_encoder
 from hica.environment import machine_info
 from hica.errors import HicaError
-from hica.eval.grid import GridRun
+from hica.eval.grid import GridRun, safe_key
 from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
 from hica.io import out_lock, write_json
 from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
@@ -112,6 +112,9 @@ def view_augment(enc: DualEncoder, ds: Dataset) -> ViewAugment:
         "strength": 1.0,
     }
     return ViewAugment(key=key, fn=fn)
+
+
+LOSS_LOGS = "loss_logs"  # <out>/loss_logs/<part key>.json: a fitted method's per-step loss terms (HiCA)
 
 
 def part_key(dataset: str, method: str, k: int, seed: int) -> str:
@@ -255,6 +258,9 @@ class Benchmark:
         t0 = time.perf_counter()
         m = self.fit(enc, st, method, seed, ep)
         t_fit = time.perf_counter() - t0
+        if getattr(m, "loss_log", None):  # beside its part, written just before it; never in it (tables)
+            key = safe_key(part_key(st.ds.name, method, k, seed))
+            write_json(self.out / LOSS_LOGS / f"{key}.json", m.loss_log)
         if getattr(self.registry[method], "image_level", False):
             if st.test_images is None:
                 st.test_images = images_of(enc, [st.by_id[i] for i in st.test.ids])

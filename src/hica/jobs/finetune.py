@@ -3,7 +3,9 @@
 The output folder is an encoder checkpoint (``config.json`` + ``encoder.safetensors``: the aligned image
 tower and text projection, loadable with ``encoder: {name: checkpoint, args: {path: ...}}``) plus
 ``classifier.safetensors`` (class-text and support-image prototypes) and the classifier's settings (classes,
-α, temperature, ROI source) in ``config.json``'s ``meta.classifier``. ``hica predict`` reads it.
+α, temperature, ROI source) in ``config.json``'s ``meta.classifier``. ``hica predict`` reads it. Every
+step's named loss terms of both phases (``loss_log``) go to ``train/loss_log.json``, next to the engine's
+``train/log.csv``.
 """
 
 from __future__ import annotations
@@ -19,6 +21,28 @@ from hica.modelcard import write_model_card
 from hica.runtime import reproducible
 
 CLASSIFIER_FILE = "classifier.safetensors"
+LOSS_LOG_FILE = "loss_log.json"
+
+
+def write_loss_log(method: Any, path: Path) -> Path | None:
+    """``method.loss_log`` (``{"head": [...], "train": [...]}``, one dict of named terms per step) as JSON.
+
+    A run resumed from a checkpoint trains (and logs) only the steps after it: the earlier steps are taken
+    from the log already at ``path`` when it has them, so the file always covers every step."""
+    log = getattr(method, "loss_log", None)
+    if not log:
+        return None
+    log = {k: list(v) for k, v in log.items()}
+    steps = int(method.hparams.get("steps", 0))
+    missing = steps - len(log.get("train", []))
+    if missing > 0 and path.is_file():
+        try:
+            old = json.loads(path.read_text(encoding="utf-8")).get("train", [])
+        except (OSError, ValueError, AttributeError):
+            old = []
+        if len(old) >= missing:
+            log["train"] = old[:missing] + log["train"]
+    return write_json(path, log)
 
 
 def export_classifier(method: Any, encoder_cfg: dict[str, Any], base_fp: Any, out: Path, meta: dict) -> Path:
@@ -92,6 +116,7 @@ def run_stage2(cfg: Any, out_dir: str | Path, resume: bool = True) -> dict[str, 
     t0 = time.perf_counter()
     method.fit(enc, data, device, precision)
     fit_s = time.perf_counter() - t0
+    write_loss_log(method, method.run_dir / LOSS_LOG_FILE)
     summary: dict[str, Any] = {
         "dataset": ds.name,
         "classes": ds.classes,

@@ -43,6 +43,7 @@ def build_report(
     the datasets, the method order and the method shown in each confusion matrix.
     """
     from hica.report.analyses import read_analysis, section
+    from hica.report.losses import report_section as loss_section
 
     run_dirs = list(run_dirs)
     if not run_dirs:
@@ -75,6 +76,10 @@ def build_report(
         figures += figs
         if method:
             chosen[ds] = method
+
+    lines, figs, fig_no = loss_section(runs, out, fig_no)  # only runs that kept HiCA's loss logs
+    md += lines
+    figures += figs
 
     for a in analyses:
         lines, figs, fig_no = section(a, out, styles, fig_no)
