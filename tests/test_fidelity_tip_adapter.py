@@ -88,11 +88,15 @@ def test_views_needed_is_the_setting() -> None:
 
 def test_search_lists_are_the_official_formula() -> None:
     cls = method_registry()["tip_adapter"]
-    betas, alphas = cls().grids()
+    betas, alphas = cls(beta_below=[], alpha_above=[]).grids()
     assert betas == _official_list(50, 200) and alphas == _official_list(50, 20)  # search_step [200, 20]
     assert len(betas) * len(alphas) == 4000 and betas[0] == alphas[0] == 0.1
     assert betas[-1] >= 30 and alphas[-1] >= 30  # covers FGVC's [30, 30]; Flowers' [50, 50] is the max
-    b, a = cls(beta_max=7, beta_steps=200, alpha_max=3, alpha_steps=20).grids()  # ImageNet's config
+    # the defaults extend the official lists outward (β below 0.1, α above the maximum), ascending
+    eb, ea = cls().grids()
+    assert eb == [0.001, 0.003, 0.01, 0.03, *betas] and ea == [*alphas, 100.0, 300.0, 1000.0, 3000.0, 10000.0]
+    assert all(y > x for x, y in itertools.pairwise(eb)) and all(y > x for x, y in itertools.pairwise(ea))
+    b, a = cls(beta_max=7, beta_steps=200, alpha_max=3, alpha_steps=20, beta_below=[], alpha_above=[]).grids()
     assert b == _official_list(7, 200) and a == _official_list(3, 20)
     assert all(y > x for x, y in itertools.pairwise(b)) and b[-1] < 7
     assert cls(betas=[1, 2], alphas=[0, 5]).grids() == ([1.0, 2.0], [0.0, 5.0])  # explicit grids win
@@ -112,6 +116,7 @@ def test_logits_are_the_official_formula(alpha: float, beta: float) -> None:
 def test_pick_is_the_brute_force_validation_argmax(seed: int) -> None:
     data, tx = _toy(seed=seed)
     args = {"views": V, "beta_max": 12, "beta_steps": 60, "alpha_max": 10, "alpha_steps": 20}
+    args |= {"beta_below": [], "alpha_above": []}  # the official lists only
     tip = method_registry()["tip_adapter"](**args).fit(data)
     keys = _unit(data.support_views.mean(1))
     best, best_s = None, None
@@ -128,6 +133,14 @@ def test_pick_is_the_brute_force_validation_argmax(seed: int) -> None:
     )
     want = _official_logits(tx, keys, data.support_labels, data.text.class_emb, best[1], best[0])
     assert torch.allclose(tip.predict_proba(tx), want.softmax(-1), atol=1e-5)
+
+
+def test_extension_outside_the_official_range_is_checked() -> None:
+    cls = method_registry()["tip_adapter"]
+    with pytest.raises(HicaError, match="beta_below"):
+        cls(beta_below=[0.05, 0.2])
+    with pytest.raises(HicaError, match="alpha_above"):
+        cls(alpha_above=[20.0])
 
 
 def test_exact_ties_go_to_the_earliest_point() -> None:

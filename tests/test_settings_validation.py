@@ -94,6 +94,8 @@ DEFAULTS = {
         "beta_steps": 200,
         "alpha_max": 50.0,
         "alpha_steps": 20,
+        "beta_below": [0.001, 0.003, 0.01, 0.03],
+        "alpha_above": [100.0, 300.0, 1000.0, 3000.0, 10000.0],
         "betas": None,
         "alphas": None,
     },

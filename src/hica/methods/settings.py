@@ -54,6 +54,7 @@ Fraction = Annotated[Float, Gt(0), Le(1)]
 PositiveGrid = Annotated[list[PositiveFloat], MinLen(1), AfterValidator(_ascending)]
 NonNegativeGrid = Annotated[list[NonNegativeFloat], MinLen(1), AfterValidator(_ascending)]
 PositiveIntGrid = Annotated[list[PositiveInt], MinLen(1), AfterValidator(_ascending)]
+PositiveList = Annotated[list[PositiveFloat], AfterValidator(_ascending)]  # ascending, may be empty
 
 
 class MethodSettings(BaseModel):
