@@ -13,7 +13,7 @@ import sys
 
 import typer
 
-from hica.cli import analyze, bench, experiments, models, training
+from hica.cli import analyze, attributes, bench, experiments, models, training
 from hica.cli.common import err_console, error_line
 from hica.errors import HicaError
 
@@ -37,6 +37,7 @@ for _command in (
     models.explain,
     models.serve,
     experiments.report,
+    attributes.attributes,
 ):
     app.command()(_command)
 app.add_typer(bench.app, name="bench")
