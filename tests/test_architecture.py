@@ -115,7 +115,7 @@ def test_cli_only_parses_and_calls(lib: str) -> None:
         assert not any(n == lib or n.startswith(lib + ".") for n in names), f"{rel} imports {lib}"
 
 
-def test_graph_sees_lazy_imports(tmp_path: Path) -> None:
+def test_graph_sees_lazy_imports() -> None:
     """The checker itself: an import inside a function is an edge."""
     f = SRC / "eval" / "protocol.py"
-    assert any(m.startswith("hica.") for m in _imports(f))
+    assert "hica.model.imagedata" in _imports(f)  # imported only inside a function there

@@ -105,3 +105,21 @@ def test_failed_cell_leaves_no_part(tmp_path: Path) -> None:
         run.part("ok", lambda: {"v": 1})
         run.part("bad", boom)
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["ok.json"]
+
+
+def test_keys_that_share_a_file_name_are_not_confused(tmp_path: Path) -> None:
+    with GridRun(tmp_path, scope={}) as run:
+        run.part("a/b", lambda: {"v": 1})
+        assert run.path("a/b") == run.path("a_b")
+        assert run.cached("a_b") is None  # same file, another key: computed, not reused
+        assert run.part("a_b", lambda: {"v": 2})["v"] == 2
+
+
+def test_uncommitted_code_is_stamped_dirty(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(grid_mod, "git_state", lambda: ("abc", False))
+    with GridRun(tmp_path, scope={}) as run:
+        rec = run.part("p", lambda: {"v": 1})
+    assert rec[STAMP]["code_commit"] == "abc+dirty"
+    monkeypatch.setattr(grid_mod, "git_state", lambda: ("abc", True))
+    with GridRun(tmp_path, scope={}, rerun_other_code=True) as run:
+        assert run.cached("p") is None  # the clean commit is other code than its dirty tree

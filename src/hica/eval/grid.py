@@ -87,7 +87,9 @@ class GridRun:
         self.hash = config_hash(scope, self.encoder)
         self.resume, self.rerun_other_code, self.lock = resume, rerun_other_code, lock
         self.config_yaml, self.environment = config_yaml, environment
-        self.code, _ = git_state()
+        commit, clean = git_state()
+        # uncommitted changes are other code: they never pass for the commit they sit on
+        self.code = None if commit is None else (commit if clean is not False else f"{commit}+dirty")
         self.stats = GridStats()
         self._t0 = 0.0
         self._stack = ExitStack()
@@ -135,6 +137,8 @@ class GridRun:
             return None
         if not isinstance(rec, dict) or rec.get("config_hash") != (hash or self.hash):
             return None
+        if (rec.get(STAMP) or {}).get("key", key) != key:  # two keys made the same file name
+            return None
         if any(rec.get(k) != v for k, v in (match or {}).items()):
             return None
         made_by = (rec.get(STAMP) or {}).get("code_commit")
@@ -164,7 +168,7 @@ class GridRun:
             rec = compute()
             seconds = round(time.perf_counter() - t0, 3)
             rec = {**rec, **(match or {}), "config_hash": hash or self.hash}
-            rec[STAMP] = {"code_commit": self.code, "seconds": seconds}
+            rec[STAMP] = {"code_commit": self.code, "seconds": seconds, "key": key}
             write_json(self.path(key), rec)
             self.stats.computed += 1
         seconds = float((rec.get(STAMP) or {}).get("seconds", 0.0))

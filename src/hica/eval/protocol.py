@@ -32,7 +32,7 @@ from hica.eval.grid import GridRun, safe_key
 from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
 from hica.io import out_lock, write_json
 from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
-from hica.runtime import reproducible, resolve_device, resolve_precision
+from hica.runtime import fit_threads, reproducible, resolve_device, resolve_precision
 
 
 @dataclass
@@ -147,14 +147,23 @@ class Benchmark:
         self.precision = resolve_precision(cfg.precision, self.device)
         self.registry = method_registry()
         self.views_needed: dict[str, int] = {}
+        resolved: dict[str, dict[str, Any]] = {}
         for method in cfg.methods:  # settings checked before any encoding (also when cfg was changed in code)
             cls = self.registry[method]
-            hp = cls.check_settings(cfg.method_args.get(method, {}))
+            hp = resolved[method] = cls.check_settings(cfg.method_args.get(method, {}))
             self.views_needed[method] = cls.views_needed(hp) if hasattr(cls, "views_needed") else 0
         # Where data and features are read from does not change a result: resuming ignores it; nor does the
         # view seed when no method uses augmented views.
         exclude = {"cache_dir", "data_root"} | (set() if any(self.views_needed.values()) else {"view_seed"})
         self.scope = cfg.model_dump(mode="json", exclude=exclude)
+        # What a part really depends on: each method's complete settings (a default changed by a commit is a
+        # new computation), and the resolved device type, precision and fitting thread count.
+        self.scope["method_args"] = resolved
+        self.scope["resolved"] = {
+            "device": self.device.type,
+            "precision": self.precision,
+            "fit_threads": fit_threads(),
+        }
         self.cache = FeatureCache(cfg.cache_dir, batch_size=cfg.batch_size, precision=self.precision)
         self.timings: dict[str, Any] = {}
         self._augments: dict[str, ViewAugment] = {}

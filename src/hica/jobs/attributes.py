@@ -17,6 +17,7 @@ from typing import Any
 from hica.data.attributes import GROUPS, NO_MASS, UNKNOWN, SplitAttributes, fit_thresholds, measure_split
 from hica.data.catalog import load_dataset
 from hica.environment import git_state
+from hica.errors import HicaError
 from hica.io import out_lock, write_json, write_text
 
 FIT_SPLIT = "train"  # thresholds are always fitted here, whatever split is measured
@@ -89,6 +90,11 @@ def run_attributes(
 ) -> dict[str, Any]:
     """Fit thresholds on ``dataset``'s train split (labels unused), measure ``split``, write ``out``."""
     ds = load_dataset(dataset, root=data_root)
+    unknown = [c for c in no_lesion_classes if c not in ds.classes]
+    if unknown:
+        raise HicaError(
+            f"--no-lesion-class {', '.join(unknown)}: not a class of {ds.name} (its classes: {ds.classes})"
+        )
     samples = ds.split(split)
     thresholds, fit_counts = fit_thresholds(ds.split(FIT_SPLIT), source=f"{ds.name} {FIT_SPLIT}")
     res = measure_split(samples, ds.classes, thresholds, no_lesion_classes)

@@ -28,7 +28,7 @@ def write_loss_log(method: Any, path: Path) -> Path | None:
     """``method.loss_log`` (``{"head": [...], "train": [...]}``, one dict of named terms per step) as JSON.
 
     A run resumed from a checkpoint trains (and logs) only the steps after it: the earlier steps are taken
-    from the log already at ``path`` when it has them, so the file always covers every step."""
+    from the log already at ``path`` when it has them (a log lost before the resume leaves them out)."""
     log = getattr(method, "loss_log", None)
     if not log:
         return None

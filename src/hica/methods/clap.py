@@ -23,11 +23,9 @@ too). Without views (a hand-built ``FewShotData``) the plain support features ar
 **Prototypes.** The official T is the raw (unnormalised) mean of the prompts' text embeddings. As logits use
 w/‖w‖, training w from t_c = r_c·t̂_c (r_c = ‖t_c‖) is, in unit-norm terms, a penalty r_c² times stronger
 and a cross-entropy step r_c² times smaller — so scaling the penalty alone by r² is not the official
-problem. hica's ``ClassText`` holds unit-norm embeddings only (``build_class_text`` normalises the
-encoder's output and keeps no norm), so here r_c = 1: the official problem for an encoder whose raw class
-embeddings have unit length, looser than the official one for longer raw embeddings. If the episode's text
-carries the raw norms (an optional ``class_norm`` (C,) attribute), the prototypes are r_c·t̂_c and the
-training is the official one.
+problem. ``build_class_text`` keeps r_c as ``ClassText.class_norm`` (the length of the class's mean raw prompt
+embedding), so the prototypes are r_c·t̂_c and the training is the official one; a hand-built ``ClassText``
+without ``class_norm`` gives r_c = 1.
 
 **Optimisation** as the official config: SGD (momentum 0.9, no weight decay), lr 0.1, batch 256,
 ``epochs`` = 300 with one constant warm-up epoch at lr 1e-5 then cosine decay stepped per epoch (Dassl).

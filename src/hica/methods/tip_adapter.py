@@ -24,11 +24,12 @@ order). ``selected["edge"]`` lists the settings picked on a grid edge (``selecti
 
 **Tip-Adapter-F** (``main.run_tip_adapter_F``): the keys become a trainable linear layer initialised from K
 and are trained with cross-entropy on the tip logits at α = ``init_alpha``, β = ``init_beta`` (official
-1.17–10 and 1) on freshly augmented support images each epoch: epoch e feeds view ``e mod V`` of every
-support image (the plain features without views). AdamW (lr 1e-3, eps 1e-4, default weight decay), batch
-256 shuffled by ``data.seed``, cosine schedule over epochs × batches, 20 epochs (configs: ``lr``,
-``train_epoch``; EuroSAT 100). The official code keeps the epoch with the best *test* accuracy; here the
-last epoch is kept. α, β are then searched again with the trained keys.
+1.17–10 and 1) on augmented support images, another view each epoch: epoch e feeds view ``e mod V`` of every
+support image, cycling through the ``views`` cached views (the official code draws a new augmentation every
+epoch; here 20 epochs see each of the 10 cached views twice; the plain features without views). AdamW (lr
+1e-3, eps 1e-4, default weight decay), batch 256 shuffled by ``data.seed``, cosine schedule over epochs ×
+batches, 20 epochs (configs: ``lr``, ``train_epoch``; EuroSAT 100). The official code keeps the epoch with the
+best *test* accuracy; here the last epoch is kept. α, β are then searched again with the trained keys.
 """
 
 from __future__ import annotations
