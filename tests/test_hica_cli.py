@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -277,3 +278,23 @@ def test_analyze_efficiency_end_to_end(finetuned: Path, data_root: Path, tmp_pat
     )
     assert res.exit_code != 0 and isinstance(res.exception, HicaError)
     assert "models[x].checkpoint: nope not found" in str(res.exception)
+
+
+def test_finetune_out_of_another_episode_is_not_resumed(
+    finetuned: Path, data_root: Path, tmp_path: Path
+) -> None:
+    """Reusing --out with another seed refuses to resume its checkpoint; --no-resume starts again."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(finetuned, out)
+    cfg = yaml.safe_load((finetuned / "config.resolved.yaml").read_text())
+    cfg["seed"] = 2
+    path = _write(tmp_path / "s2_seed2.yaml", cfg)
+    args = ["finetune", "--config", str(path), "--out", str(out), "--data-root", str(data_root)]
+    res = CliRunner().invoke(app, args)
+    assert isinstance(res.exception, HicaError), res.output
+    assert "train" in str(res.exception)
+    res = CliRunner().invoke(app, [*args, "--no-resume"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert json.loads((out / "episode.json").read_text())["seed"] == 2

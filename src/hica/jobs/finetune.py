@@ -112,7 +112,9 @@ def run_stage2(cfg: Any, out_dir: str | Path, resume: bool = True) -> dict[str, 
     write_json(out / "episode.json", ep.to_json())
     by_id = {s.id: s for sp in ds.splits.values() for s in sp}
     data = image_episode(enc, ds, ep, by_id, cfg.seed, cls, desc)
-    method.run_dir = out / "train"
+    method.run_dir, method.resume = out / "train", resume
+    # a checkpoint of another episode or encoder in the same --out is never resumed as this run
+    method.run_identity = {"run": {"episode": ep.to_json(), "encoder": enc.fingerprint()}}
     t0 = time.perf_counter()
     method.fit(enc, data, device, precision)
     fit_s = time.perf_counter() - t0

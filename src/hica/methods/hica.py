@@ -169,6 +169,8 @@ class HiCA(ImageMethod):
     uses_masks = True
     Settings = HiCASettings
     run_dir: Path | None = None  # set by `hica finetune` for a resumable, checkpointed run
+    resume: bool = True  # with run_dir: continue from its checkpoints (False: start again)
+    run_identity: dict[str, Any] | None = None  # what a checkpoint must match to be resumed
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)  # validates every setting against ``Settings``
@@ -316,9 +318,9 @@ class HiCA(ImageMethod):
                 factory,
                 tcfg,
                 run_dir,
-                resume=self.run_dir is not None,
+                resume=self.run_dir is not None and self.resume,
                 param_groups=groups,
-                extra={"model_config": {"method": self.name, **self.hparams}},
+                extra={"model_config": {"method": self.name, **self.hparams, **(self.run_identity or {})}},
             )
         finally:
             if tmp is not None:
