@@ -113,14 +113,18 @@ class FeatureCache:
         self.hits = self.misses = 0
         self.view_hits = self.view_misses = 0  # (image, view) pairs read from / added to the views store
 
-    def shard_dir(self, encoder: DualEncoder, dataset: Dataset, split: str) -> Path:
-        key = {
+    def source_key(self, encoder: DualEncoder, dataset: Dataset, split: str) -> dict[str, Any]:
+        """What any feature of ``split`` depends on: encoder fingerprint, precision, dataset and split."""
+        return {
             "encoder": encoder.fingerprint(),
             "precision": self.precision,
             "dataset": dataset.name,
             "source": dataset.source,
             "split": split,
         }
+
+    def shard_dir(self, encoder: DualEncoder, dataset: Dataset, split: str) -> Path:
+        key = self.source_key(encoder, dataset, split)
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
         return self.root / "features" / digest
 
@@ -171,11 +175,7 @@ class FeatureCache:
     ) -> dict[str, Any]:
         """What a views store depends on (JSON-normalised); its SHA-256 names the store's folder."""
         key = {
-            "encoder": encoder.fingerprint(),
-            "precision": self.precision,
-            "dataset": dataset.name,
-            "source": dataset.source,
-            "split": split,
+            **self.source_key(encoder, dataset, split),
             "augment": dict(augment.key),
             "view_seed": int(view_seed),
         }

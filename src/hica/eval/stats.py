@@ -17,6 +17,19 @@ BELOW = "below chance"
 ABOVE = "above chance"
 
 
+def seed_summary(values: Any, per_seed: bool = False) -> dict[str, Any]:
+    """``{"mean", "std"}`` of per-seed values, rounded to 4 places (sample std; 0 for one seed), with the
+    rounded values themselves as ``per_seed`` when asked."""
+    a = np.asarray(values, dtype=np.float64)
+    out: dict[str, Any] = {
+        "mean": round(float(a.mean()), 4),
+        "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4),
+    }
+    if per_seed:
+        out["per_seed"] = [round(float(v), 4) for v in a]
+    return out
+
+
 def chance_levels(labels: np.ndarray, n_classes: int) -> dict[str, float]:
     """What guessing scores: uniform guessing for every metric, plus majority-class accuracy for context.
 

@@ -23,6 +23,7 @@ from hica.eval.localization import (
     metric_names,
     topk_iou_chance,
 )
+from hica.eval.stats import seed_summary
 from hica.io import atomic_write
 
 
@@ -55,12 +56,7 @@ class GalleryImages(Protocol):
 
 
 def _ms(values: list[float]) -> dict[str, Any]:
-    a = np.asarray(values, dtype=np.float64)
-    return {
-        "mean": round(float(a.mean()), 4),
-        "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4),
-        "per_seed": [round(float(v), 4) for v in a],
-    }
+    return seed_summary(values, per_seed=True)
 
 
 def summarize(parts: list[dict[str, Any]], cfg: LocalizationSettings) -> dict[str, Any]:

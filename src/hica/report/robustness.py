@@ -12,6 +12,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from hica.eval.stats import seed_summary
+
 
 class RobustnessParts(Protocol):
     """What the tables read of a ``RobustnessConfig``: its two parts (None when not run)."""
@@ -21,8 +23,7 @@ class RobustnessParts(Protocol):
 
 
 def _ms(values: list[float]) -> dict[str, float]:
-    a = np.asarray(values, dtype=float)
-    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)}
+    return seed_summary(values)
 
 
 def summarize(records: list[dict[str, Any]], cfg: RobustnessParts) -> dict[str, Any]:
