@@ -18,7 +18,7 @@ from hica.errors import HicaError
 from hica.methods import ImageFewShotData, method_registry
 from hica.methods.hica import ALPHAS, HiCA, modality_of
 
-VARIANTS = ["hica", "hica_global_only", "hica_no_local", "hica_no_cross"]
+VARIANTS = ["hica", "hica_global_only", "hica_no_local", "hica_no_cross", "hica_class_attributes"]
 FAST = {"steps": 2, "head_steps": 3, "batch_size": 3}
 CPU = torch.device("cpu")
 
@@ -33,6 +33,7 @@ def episode(data_root: Path):
     from hica.data.catalog import load_dataset
     from hica.data.descriptors import load_descriptors
     from hica.data.sample import load_image
+    from hica.eval.protocol import support_attributes
     from hica.model.imagedata import load_store
 
     if not (data_root / "busi").is_dir():
@@ -57,7 +58,9 @@ def episode(data_root: Path):
         descriptors=load_descriptors("busi"),
         support_masks=store.masks,
         support_has_mask=store.has_mask,
+        support_attributes=support_attributes(sup, list(ds.classes), load_descriptors("busi")),
     )
+    assert [a["presence"] for a in data.support_attributes] == ["mass", "mass", "no mass"]
     assert data.support.shape == (3, 3, 64, 64) and data.support_masks.shape == (3, 64, 64)
     assert data.support_masks[:2].any() and not data.support_masks[2].any()  # benign, malignant, normal
     return enc, data
@@ -87,6 +90,8 @@ def test_registry_and_variant_switches() -> None:
     assert not reg["hica_global_only"].defaults["use_cross"]
     assert not reg["hica_no_local"].defaults["use_local"] and reg["hica_no_local"].defaults["use_cross"]
     assert reg["hica_no_cross"].defaults["use_local"] and not reg["hica_no_cross"].defaults["use_cross"]
+    assert reg["hica"].defaults["attributes"] == "image"
+    assert reg["hica_class_attributes"].defaults["attributes"] == "class"
     assert HiCA.defaults["use_local"]  # the variants did not change the base class
 
 
@@ -144,10 +149,18 @@ def test_hica_with_masks_trains_a_copy_and_is_deterministic(episode) -> None:
     assert len(m1.selected["head_loss"]) == 2 and len(m1.selected["train_loss"]) == 2
     # every step's named loss terms are logged (both phases), outside ``selected`` (written to result tables)
     assert [len(m1.loss_log["head"]), len(m1.loss_log["train"])] == [FAST["head_steps"], FAST["steps"]]
-    assert set(m1.selected) == {"alpha", "val_accuracy", "roi_source", "head_loss", "train_loss"}
+    assert set(m1.selected) == {
+        "alpha",
+        "val_accuracy",
+        "roi_source",
+        "attribute_source",
+        "head_loss",
+        "train_loss",
+    }
+    assert m1.selected["attribute_source"].startswith("per-image")
     for phase in ("head", "train"):
         assert all(
-            {"total", "global", "local", "cross", "local/contrast", "cross/img"} <= set(t)
+            {"total", "global", "local", "cross", "local/attribute", "local/attr_acc", "cross/img"} <= set(t)
             for t in m1.loss_log[phase]
         )
     head = [round(m1.loss_log["head"][i]["total"], 4) for i in (0, -1)]
@@ -166,6 +179,24 @@ def test_hica_with_masks_trains_a_copy_and_is_deterministic(episode) -> None:
     assert torch.allclose(p1, p2, atol=1e-5)
     assert m1.selected == m2.selected
     assert torch.allclose(m1.predict_proba(images, batch_size=2), p1, atol=1e-5)
+    # the attribute level scores images: per group a distribution over its values, masks optional
+    post = m1.attribute_posteriors(images)
+    vocab = m1.model.text.vocab
+    assert post.shape == (6, len(vocab.values)) and torch.isfinite(post).all()
+    groups = torch.tensor(vocab.value_group)
+    for g in range(len(vocab.groups)):
+        assert torch.allclose(post[:, groups == g].sum(1), torch.ones(6), atol=1e-5)
+    with_masks = m1.attribute_posteriors(data.support, masks=data.support_masks)
+    assert with_masks.shape == (3, len(vocab.values))
+
+
+def test_class_attributes_preset_is_the_first_rounds_local_level(episode) -> None:
+    enc, data = episode
+    m = _fit("hica_class_attributes", enc, data)
+    assert m.selected["attribute_source"] == "class-level phrases"
+    assert all("local/contrast" in t and "local/attribute" not in t for t in m.loss_log["train"])
+    no_attrs = _fit("hica", enc, dataclasses.replace(data, support_attributes=None))
+    assert no_attrs.selected["attribute_source"] == "class-level phrases"
 
 
 def test_hica_without_masks_proposes_rois(episode) -> None:

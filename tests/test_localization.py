@@ -1,4 +1,5 @@
-"""Localization analysis: metrics with exact values, Grad-CAM on a synthetic net, a tiny real BUSI run."""
+"""Localization analysis: metrics with exact values, Grad-CAM on a synthetic net, the paired full vs
+global-only comparison, a tiny real BUSI run (with and without the global-only maps)."""
 
 from __future__ import annotations
 
@@ -15,8 +16,11 @@ from torch import nn
 
 from hica.analysis import localization as loc
 from hica.analysis.localization import LocalizationConfig, load_localization_config, run_localization
+from hica.analysis.localization_cells import fitted_models
+from hica.analysis.localization_config import config_scope
 from hica.errors import HicaError
 from hica.eval.gradcam import cam_layer, grad_cam
+from hica.eval.grid import config_hash
 from hica.eval.localization import (
     MAPS,
     center_prior,
@@ -28,6 +32,7 @@ from hica.eval.localization import (
     topk_iou,
     topk_iou_chance,
 )
+from hica.report.localization import GLOBAL_ONLY_MAPS, map_names, versus_global_only
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -180,7 +185,55 @@ def test_config_errors_name_the_file_and_key(tmp_path: Path) -> None:
     with pytest.raises(HicaError, match=r"finetune_args.*stepz"):
         load_localization_config(bad)
     cfg = load_localization_config(Path(__file__).parents[1] / "configs/analysis/localization_busi.yaml")
-    assert cfg.dataset == "busi" and cfg.hica_args == {"freeze_stages": 0}
+    assert cfg.dataset == "busi" and cfg.hica_args == {"freeze_stages": 0} and cfg.compare_global_only
+
+
+def test_global_only_switch_is_in_the_config_hash_and_refuses_args_that_undo_it() -> None:
+    on = LocalizationConfig(hica_args={"freeze_stages": 0})
+    off = on.model_copy(update={"compare_global_only": False})
+    assert config_hash(config_scope(on)) != config_hash(config_scope(off))
+    assert [m for m, *_ in fitted_models(on)] == ["hica", "finetune", "global_only"]
+    assert [m for m, *_ in fitted_models(off)] == ["hica", "finetune"]
+    assert map_names(False) == list(MAPS) and set(map_names(True)) == set(MAPS) | set(GLOBAL_ONLY_MAPS)
+    with pytest.raises(HicaError, match="use_local.*not be global-only"):
+        fitted_models(LocalizationConfig(hica_args={"use_local": True}))
+    assert fitted_models(LocalizationConfig(hica_args={"use_local": True}, compare_global_only=False))
+
+
+def _part(seed: int, full: list[int], other: list[int]) -> dict:
+    classes = ["benign", "malignant"] * (len(full) // 2)
+    return {
+        "seed": seed,
+        "images": [
+            {
+                "id": f"im{i}",
+                "class": c,
+                "metrics": {
+                    m: {"pointing_game": float(v)}
+                    for m, v in (("hica_map", a), ("global_only_map", b), ("center_prior", 0))
+                },
+            }
+            for i, (c, a, b) in enumerate(zip(classes, full, other, strict=True))
+        ],
+    }
+
+
+def test_versus_global_only_pairs_images_and_brackets_the_difference() -> None:
+    parts = [_part(1, [1, 1, 0, 1], [0, 1, 0, 1]), _part(2, [1, 0, 1, 1], [0, 0, 1, 0])]
+    vs = versus_global_only(parts, n_boot=500)
+    assert set(vs) == {"hica_map"}  # no Grad-CAM pair in these parts
+    e = vs["hica_map"]["scopes"]
+    assert e["all"]["full"] == pytest.approx(6 / 8) and e["all"]["global_only"] == pytest.approx(3 / 8)
+    assert e["all"]["difference"] == pytest.approx(3 / 8) and e["all"]["per_seed"] == [0.25, 0.5]
+    assert e["all"]["only_full_hits"] == 3 and e["all"]["only_global_only_hits"] == 0
+    lo, hi = e["all"]["ci95"]
+    assert 0 <= lo <= 3 / 8 <= hi <= 1 and e["all"]["n_images"] == 4
+    assert e["benign"]["difference"] == pytest.approx(0.5) and e["malignant"]["difference"] == 0.25
+    same = versus_global_only([_part(1, [1, 0], [1, 0])])["hica_map"]["scopes"]["all"]
+    assert same["difference"] == 0 and same["ci95"] == [0, 0] and same["sign"] == "CI holds 0"
+    assert versus_global_only([_part(1, [1, 0], [1, 0])], n_boot=10) == versus_global_only(
+        [_part(1, [1, 0], [1, 0])], n_boot=10
+    )
 
 
 def test_dataset_without_masks_is_a_clear_error(tiny_imagefolder, tmp_path: Path) -> None:
@@ -196,6 +249,8 @@ def test_dataset_without_masks_is_a_clear_error(tiny_imagefolder, tmp_path: Path
 def test_run_localization_tiny_real_busi_and_resume(
     data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Full HiCA, fine-tune and global-only on one tiny seed; reuse; then the switch off in the same folder:
+    the part with the global-only maps is not reused, the old map set comes back with the same values."""
     cfg = LocalizationConfig(
         encoder={"name": "default", "args": {"image_size": 64}},
         k=1,
@@ -215,19 +270,38 @@ def test_run_localization_tiny_real_busi_and_resume(
     s = res["summary"]
     assert s["n_images"] == {"all": 6, "benign": 3, "malignant": 3}
     assert res["excluded"] == {"normal": 41}  # BUSI normal test images: empty masks
-    for m in MAPS:
+    maps = map_names(True)
+    assert res["maps"] == maps == list(s["maps"]) and set(GLOBAL_ONLY_MAPS) < set(maps)
+    for m in maps:
         for key in ("all", "benign", "malignant"):
             for name, v in s["maps"][m][key].items():
-                assert 0 <= v["mean"] <= 1, (m, key, name)
+                assert math.isfinite(v["mean"]) and 0 <= v["mean"] <= 1, (m, key, name)
+    vs = s["vs_global_only"]
+    assert {e["global_only_map"] for e in vs.values()} == set(GLOBAL_ONLY_MAPS)
+    for full, e in vs.items():
+        for key, d in e["scopes"].items():
+            lo, hi = d["ci95"]
+            assert all(math.isfinite(v) for v in (d["difference"], lo, hi)), (full, key)
+            assert 0 <= d["full"] <= 1 and 0 <= d["global_only"] <= 1
+            assert -1 <= lo <= d["difference"] <= hi <= 1 and len(d["per_seed"]) == 1
+            assert d["full"] == pytest.approx(s["maps"][full][key]["pointing_game"]["mean"], abs=1e-4)
+            other = s["maps"][e["global_only_map"]][key]["pointing_game"]["mean"]
+            assert d["global_only"] == pytest.approx(other, abs=1e-4)
     assert s["maps"]["center_prior"]["all"]["pointing_game"]["std"] == 0.0
     for v in s["chance"]["all"].values():
         assert 0 < v < 1
     rows = list(csv.DictReader((out / "per_image.csv").open()))
-    assert len(rows) == 6 * len(MAPS) and {r["map"] for r in rows} == set(MAPS)
+    assert len(rows) == 6 * len(maps) and {r["map"] for r in rows} == set(maps)
     part = json.loads((out / "parts/seed1.json").read_text())
     assert len(part["images"][0]["grids"]["hica_map"]) == 2  # 64 px → 2×2 grid
+    assert len(part["images"][0]["grids"]["global_only_map"]) == 2 and set(part["fits"]) == {
+        "hica",
+        "finetune",
+        "global_only",
+    }
     assert json.loads((out / "metrics.json").read_text())["machine"]["device"] == "cpu"
-    assert "Pointing game" in (out / "table.md").read_text()
+    table = (out / "table.md").read_text()
+    assert "Pointing game" in table and "Full HiCA vs global-only HiCA" in table
 
     def boom(*a, **k):
         raise AssertionError("a finished seed was recomputed")
@@ -235,6 +309,18 @@ def test_run_localization_tiny_real_busi_and_resume(
     monkeypatch.setattr(loc, "run_seed", boom)
     again = run_localization(cfg.model_copy(update={"gallery": 2}), out)  # gallery does not change a seed
     assert again["summary"] == res["summary"]
+
+    monkeypatch.undo()
+    off = run_localization(cfg.model_copy(update={"compare_global_only": False, "gallery": 0}), out)
+    assert off["grid_run"]["parts_computed"] == 1 and off["config_hash"] != res["config_hash"]
+    assert (
+        off["maps"] == list(off["summary"]["maps"]) == list(MAPS) and "vs_global_only" not in off["summary"]
+    )
+    assert set(json.loads((out / "parts/seed1.json").read_text())["fits"]) == {"hica", "finetune"}
+    assert len(list(csv.DictReader((out / "per_image.csv").open()))) == 6 * len(MAPS)
+    assert "global-only" not in (out / "table.md").read_text()
+    for m in MAPS:  # the third fit changes nothing of the other two models' maps
+        assert off["summary"]["maps"][m] == s["maps"][m], m
 
 
 def test_grad_cam_on_the_default_encoder_matches_a_manual_gradient() -> None:

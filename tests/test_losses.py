@@ -231,7 +231,12 @@ def test_local_bad_arguments() -> None:
 def test_cross_zero_when_separated_beyond_margin() -> None:
     t = torch.stack([_basis(0, 2), _basis(1, 2)])
     loss, parts = _cross(
-        CrossCategoryMarginLoss(0.2), t.clone(), torch.tensor([0, 1]), t, t.clone(), torch.tensor([0, 1])
+        CrossCategoryMarginLoss(0.2, scale="cosine"),
+        t.clone(),
+        torch.tensor([0, 1]),
+        t,
+        t.clone(),
+        torch.tensor([0, 1]),
     )
     assert loss.item() == 0.0 and all(v.item() == 0.0 for v in parts.values())
 
@@ -247,7 +252,12 @@ def test_cross_hand_computed_two_classes_2d() -> None:
     img = torch.tensor([[0.6, 0.8], [3.0, 4.0], [0.0, 1.0]]).requires_grad_(True)
     attr = torch.tensor([[1.0, 0.0], [0.0, 1.0]]).requires_grad_(True)
     loss, parts = _cross(
-        CrossCategoryMarginLoss(0.2), img, torch.tensor([0, 0, 1]), t, attr, torch.tensor([0, 1])
+        CrossCategoryMarginLoss(0.2, scale="cosine"),
+        img,
+        torch.tensor([0, 0, 1]),
+        t,
+        attr,
+        torch.tensor([0, 1]),
     )
     assert loss.shape == ()
     assert parts["img"].item() == pytest.approx(0.2, abs=1e-6)

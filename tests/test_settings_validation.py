@@ -61,6 +61,10 @@ BAD = [
     ("hica_no_local", {"margin": 3}, "margin must be <= 2, got 3"),
     ("hica_global_only", {"use_global": False}, "nothing to train"),
     ("zeroshot", {"k": 1}, "unknown argument(s) ['k']; known: []"),
+    ("linear_probe", {"fixed_c": 0}, "fixed_c must be > 0, got 0"),
+    ("hica", {"fixed_alpha": 1.5}, "fixed_alpha must be <= 1, got 1.5"),
+    ("finetune", {"fixed_step": "best"}, "fixed_step must be 'last', got 'best'"),
+    ("knn", {"fixed_k": 1.5}, "fixed_k must be an integer, got 1.5"),
 ]
 ISSUE = BAD[:6]
 
@@ -69,7 +73,7 @@ VALID: dict[str, dict] = {
     "zeroshot": {},
     "prototype": {"temperatures": [0.05, 0.5]},
     "knn": {"ks": [1, 2]},
-    "linear_probe": {"c_grid": [0.5, 2], "refine_steps": 2, "max_iter": 200},
+    "linear_probe": {"c_grid": [0.5, 2], "refine_steps": 2, "max_iter": 200, "fixed_c": 3.0},
     "lp_plus_plus": {"epochs": 20, "alpha_every": 5, "alpha_grad": "accumulated"},
     "tip_adapter": {"alphas": [0, 1], "betas": [1, 4]},
     "tip_adapter_f": {"epochs": 2, "lr": 0.01, "init_beta": 2, "alphas": [1]},
@@ -79,14 +83,20 @@ VALID: dict[str, dict] = {
     "hica_global_only": {"freeze_stages": 0, "temperature": 0.1},
     "hica_no_local": {"use_cross": False, "margin": 0.5},
     "hica_no_cross": {"min_scale": 1, "roi_top_fraction": 0.5},
+    "hica_class_attributes": {"cross_scale": "logit", "fixed_alpha": 0.25},
 }
 
 # The defaults as they were before the settings models (the ``hparams`` each method sees).
 DEFAULTS = {
     "zeroshot": {},
-    "prototype": {"temperatures": [0.2, 0.1, 0.05, 0.02, 0.01]},
-    "knn": {"ks": [1, 3, 5, 7, 9, 11, 13, 15]},
-    "linear_probe": {"c_grid": [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6], "refine_steps": 8, "max_iter": 1000},
+    "prototype": {"temperatures": [0.2, 0.1, 0.05, 0.02, 0.01], "fixed_temperature": 0.05},
+    "knn": {"ks": [1, 3, 5, 7, 9, 11, 13, 15], "fixed_k": 1},
+    "linear_probe": {
+        "c_grid": [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6],
+        "refine_steps": 8,
+        "max_iter": 1000,
+        "fixed_c": 100.0,
+    },
     "lp_plus_plus": {"epochs": 300, "alpha_every": 10, "alpha_grad": "accumulated"},
     "tip_adapter": {
         "views": 10,
@@ -98,6 +108,8 @@ DEFAULTS = {
         "alpha_above": [100.0, 300.0, 1000.0, 3000.0, 10000.0],
         "betas": None,
         "alphas": None,
+        "fixed_alpha": 1.0,
+        "fixed_beta": 1.0,
     },
     "clap": {"epochs": 300, "lr": 0.1, "batch_size": 256, "views": 20},
     "finetune": {
@@ -108,6 +120,7 @@ DEFAULTS = {
         "weight_decay": 1e-4,
         "eval_every": 6,
         "temperature": 0.05,
+        "fixed_step": "last",
     },
 }
 DEFAULTS["tip_adapter_f"] = {
@@ -137,11 +150,16 @@ HICA_DEFAULTS = {
     "min_scale": 0.6,
     "roi_top_fraction": 0.2,
     "roi": "auto",
+    "attributes": "image",
+    "cross_scale": "cosine",
+    "attribute_logit_adjust": False,
+    "fixed_alpha": 0.5,
 }
 DEFAULTS["hica"] = HICA_DEFAULTS
 DEFAULTS["hica_global_only"] = {**HICA_DEFAULTS, "use_local": False, "use_cross": False}
 DEFAULTS["hica_no_local"] = {**HICA_DEFAULTS, "use_local": False}
 DEFAULTS["hica_no_cross"] = {**HICA_DEFAULTS, "use_cross": False}
+DEFAULTS["hica_class_attributes"] = {**HICA_DEFAULTS, "attributes": "class"}
 
 
 def _write(path: Path, obj: dict) -> Path:

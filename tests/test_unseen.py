@@ -214,3 +214,22 @@ def test_shipped_config() -> None:
     cfg = load_unseen_config(REPO / "configs" / "analysis" / "unseen_busi.yaml")
     assert cfg.holdout == [["malignant"], ["benign"], ["normal"]]
     assert cfg.k == 16 and cfg.seeds == [1, 2, 3] and cfg.hica_args == {"freeze_stages": 0}
+
+
+def test_zero_shot_composed_from_attribute_profiles(data_root: Path, tmp_path: Path) -> None:
+    """``zero_shot: attributes``: every class composed from its profile (probabilities), the attribute level
+    scored per group against the mask-measured values, and both in the report."""
+    if not (data_root / "busi").is_dir():
+        pytest.skip(f"BUSI not found under {data_root}")
+    res = run_unseen(_cfg(data_root, zero_shot="attributes", max_images=9), tmp_path)
+    probs = np.array(json.loads((tmp_path / "parts" / "malignant__s1.json").read_text())["probs"])
+    assert probs.shape == (9, 3) and np.allclose(probs.sum(1), 1, atol=1e-4) and (probs >= 0).all()
+    for roi in ("proposed_roi", "mask_roi"):
+        att = res["attribute_accuracy"][roi]
+        assert {"presence", "shape", "margin"} <= set(att["before_alignment"])
+        assert att["before_alignment"]["presence"]["n"] == 9  # every image: mass or no mass
+        aligned = att["aligned"]["malignant"]["margin"]
+        assert 0 <= aligned["balanced_accuracy"]["mean"] <= 1 and aligned["n"] >= 1
+    table = (tmp_path / "table.md").read_text()
+    assert "composed from its attribute profile" in table and "## Attribute level" in table
+    assert "**Mask ROI**" in table and "**Proposed ROI (what the classifier sees)**" in table

@@ -71,6 +71,11 @@ class BenchmarkConfig(StrictConfig):
     # Seeds the augmented views of support images that methods ask for (``Method.views_needed``); part of
     # the views cache's key and, when a method uses views, of the config hash.
     view_seed: int = Field(0, ge=0)
+    # "standard": K shots per class and min(K, 4) validation shots per class; "realistic" (arXiv 2506.17500):
+    # K × classes support images drawn to the train split's class prior (>= 1 per class) and no validation
+    # set: every method runs on its declared fixed settings (docs/baselines.md, "The realistic protocol").
+    # Part of the config hash and of each episode when realistic.
+    protocol: Literal["standard", "realistic"] = "standard"
 
     @field_validator("shots")
     @classmethod
@@ -125,7 +130,25 @@ class BenchmarkConfig(StrictConfig):
             raise ValueError(f"method_args given for method(s) not in methods: {extra}")
         if not self.seeds:
             raise ValueError("seeds must not be empty")
+        if self.protocol == "realistic":
+            self._check_realistic(known)
         return self
+
+    def _check_realistic(self, known: dict[str, Any]) -> None:
+        """The realistic protocol has no validation set: scoring it is refused, and so is a method whose fixed
+        settings for episodes without validation shots (``methods.settings.fixed_settings``) are null."""
+        from hica.methods.settings import fixed_settings
+
+        if self.eval_split == "val":
+            raise ValueError("protocol realistic has no validation set: eval_split must be test")
+        for m in self.methods:
+            hp = known[m].check_settings(self.method_args.get(m, {}))
+            null = [k for k in fixed_settings(known[m].Settings) if hp[k] is None]
+            if null:
+                raise ValueError(
+                    f"protocol realistic has no validation shots: method {m} needs a fixed value for "
+                    f"{', '.join(null)} (null given); declare it in method_args"
+                )
 
 
 class Stage1Image(StrictConfig):

@@ -1,24 +1,30 @@
 """Do the maps point at the lesion? HiCA region–text maps vs Grad-CAM, scored against BUSI lesion masks.
 
-For each seed, one K-shot episode is drawn (:func:`hica.data.episodes.sample_episode`) and HiCA and the
-fine-tuned baseline are fitted on it exactly as the benchmark fits them (:func:`hica.eval.protocol.
-image_episode`, the methods' committed arguments; nothing here is tuned, and test masks are only scored).
-Every test image with a non-empty lesion mask (BUSI normal images have none: they are excluded and counted)
-gets four maps of its *true* class, all on the encoder's input grid (masks follow the same square resize):
+For each seed, one K-shot episode is drawn (:func:`hica.data.episodes.sample_episode`) and HiCA, the
+fine-tuned baseline and (``compare_global_only``, the default) HiCA's global-only ablation are fitted on it
+exactly as the benchmark fits them (:func:`hica.eval.protocol.image_episode`, the methods' committed
+arguments; nothing here is tuned, and test masks are only scored). Every test image with a non-empty lesion
+mask (BUSI normal images have none: they are excluded and counted) gets these maps of its *true* class, all
+on the encoder's input grid (masks follow the same square resize):
 
 * ``hica_map``: HiCA's region–text similarity cos(z_n, t_c) of the aligned local tokens with the class
   text prototype (:func:`hica.explain.class_maps`), 7×7 at 224 px, upsampled bilinearly;
 * ``finetune_gradcam``: Grad-CAM (Selvaraju et al. 2017) of the fine-tuned baseline's class logit;
 * ``hica_gradcam``: Grad-CAM of HiCA's blended logit (same model as ``hica_map``, other explanation);
+* ``global_only_map``, ``global_only_gradcam``: the same two maps of the global-only model (registered
+  method ``hica_global_only``: L_local and L_cross off, ``hica_args`` otherwise), so that a pointing-game
+  gain of HiCA can be credited to the local level or not (the report pairs them per image,
+  :func:`hica.report.localization.versus_global_only`); ``compare_global_only: false`` leaves them out;
 * ``center_prior``: a centred isotropic Gaussian (σ = ``center_sigma`` × side), a non-learned reference —
   many BUSI lesions lie near the image centre, so a map must beat it to show it localises anything.
 
 Grad-CAM (:mod:`hica.eval.gradcam`) hooks the last convolutional feature map (the trunk's output before
 pooling and the linear token projection). The metrics and their chance levels for a map that carries no
 information are in :mod:`hica.eval.localization`; the summary over seeds, ``table.md``, ``per_image.csv`` and
-``gallery.png`` in :mod:`hica.report.localization`. Seeds are the cells of a :class:`hica.eval.grid.GridRun`:
-each finished seed is saved to ``parts/seed<N>.json`` at once; a rerun reuses seeds whose config hash
-(settings + encoder fingerprint) and image list match.
+``gallery.png`` in :mod:`hica.report.localization` and :mod:`hica.report.localization_gallery`. Seeds are
+the cells of a :class:`hica.eval.grid.GridRun`: each finished seed is saved to ``parts/seed<N>.json`` at once;
+a rerun reuses seeds whose config hash (settings, ``compare_global_only`` included, + encoder fingerprint),
+image list and map list match.
 
 Modules: :mod:`~hica.analysis.localization_config` (settings), :mod:`~hica.analysis.localization_cells`
 (the scored images, one seed), this one (the run).
@@ -33,14 +39,21 @@ from typing import Any
 
 import numpy as np
 
-from hica.analysis.localization_cells import lesion_images, load_inputs, run_seed, upsample_grid
+from hica.analysis.localization_cells import (
+    fitted_models,
+    lesion_images,
+    load_inputs,
+    run_seed,
+    upsample_grid,
+)
 from hica.analysis.localization_config import LocalizationConfig, config_scope, load_localization_config
 from hica.analysis.registry import Analysis, register_analysis
 from hica.config import dump_config
 from hica.eval.gradcam import cam_layer
 from hica.eval.grid import GridRun
 from hica.io import write_json, write_text
-from hica.report.localization import markdown, per_image_csv, plot_gallery, summarize
+from hica.report.localization import map_names, markdown, per_image_csv, summarize
+from hica.report.localization_gallery import plot_gallery
 from hica.runtime import reproducible
 
 __all__ = ["LocalizationConfig", "load_localization_config", "run_localization"]
@@ -56,7 +69,7 @@ def run_localization(
 ) -> dict[str, Any]:
     """Run (or resume) the analysis into ``out_dir``: ``metrics.json``, ``table.md``, ``per_image.csv``,
     ``gallery.png``, ``parts/seed<N>.json``, ``config.resolved.yaml``, ``environment.json``; returns what
-    ``metrics.json`` holds."""
+    ``metrics.json`` holds. A part is reused only when it holds the maps this config asks for."""
     from hica.encoders import create_encoder
     from hica.environment import machine_info
     from hica.runtime import resolve_device, resolve_precision
@@ -65,6 +78,8 @@ def run_localization(
     out = Path(out_dir)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
+    models = [name for name, *_ in fitted_models(cfg)]  # fail now on hica_args that undo global-only
+    maps = map_names(cfg.compare_global_only)
     ds, desc = load_inputs(cfg)
     enc = create_encoder(cfg.encoder.name, **cfg.encoder.args).to(device).eval()
     cam_layer(enc)  # fail now, not after the first fit, on an encoder without a conv trunk
@@ -83,11 +98,11 @@ def run_localization(
         for seed in cfg.seeds:
 
             def compute(seed: int = seed) -> dict[str, Any]:
-                log.info("seed %d: fitting HiCA and fine-tune, mapping %d images", seed, len(data.ids))
+                log.info("seed %d: fitting %s, mapping %d images", seed, ", ".join(models), len(data.ids))
                 return run_seed(cfg, enc, ds, desc, data, seed, device, precision)
 
             resumed = grid.stats.resumed
-            parts.append(grid.part(f"seed{seed}", compute, match={"image_ids": data.ids}))
+            parts.append(grid.part(f"seed{seed}", compute, match={"image_ids": data.ids, "maps": maps}))
             if grid.stats.resumed > resumed:
                 log.info("seed %d: done earlier, skipped", seed)
         result: dict[str, Any] = {
@@ -99,6 +114,7 @@ def run_localization(
             "seeds": cfg.seeds,
             "input_size": data.size,
             "excluded": data.excluded,
+            "maps": maps,
             "summary": summarize(parts, cfg),
             "fits": {p["seed"]: p["fits"] for p in parts},
             "timings": {p["seed"]: {"seconds": p["seconds"], "map_seconds": p["map_seconds"]} for p in parts},
@@ -119,7 +135,8 @@ def run_localization(
 register_analysis(
     Analysis(
         name="localization",
-        help="Score HiCA's region–text maps and the fine-tuned baseline's Grad-CAM against lesion masks.",
+        help="Score the region–text maps and Grad-CAM of HiCA and its global-only ablation, and the "
+        "fine-tuned baseline's Grad-CAM, against lesion masks.",
         load_config=load_localization_config,
         run=run_localization,
         table=TABLE,

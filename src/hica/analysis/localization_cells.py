@@ -1,16 +1,17 @@
 """The cells of ``hica analyze localization``: the scored lesion images and one seed's fits, maps and scores.
 
-A seed draws one K-shot episode, fits HiCA and the fine-tuned baseline on it exactly as the benchmark fits
-them (:func:`hica.eval.protocol.image_episode`), maps every lesion image (HiCA's region–text map, Grad-CAM
-of both models) and scores the maps and the center prior against the lesion masks
-(:mod:`hica.eval.localization`).
+A seed draws one K-shot episode, fits HiCA, the fine-tuned baseline and (setting ``compare_global_only``)
+HiCA's global-only ablation on it exactly as the benchmark fits them (:func:`hica.eval.protocol.
+image_episode`), maps every lesion image (each HiCA model's region–text map and Grad-CAM, the baseline's
+Grad-CAM) and scores the maps and the center prior against the lesion masks (:mod:`hica.eval.localization`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 from hica.analysis.localization_config import LocalizationConfig
 from hica.errors import HicaError
 from hica.eval.gradcam import cam_layer, grad_cam
-from hica.eval.localization import MAPS, center_prior, image_metrics, is_degenerate, pointing_chance
+from hica.eval.localization import center_prior, image_metrics, is_degenerate, pointing_chance
 
 # -- data --------------------------------------------------------------------------------------------------
 
@@ -120,7 +121,10 @@ def _batched(x: torch.Tensor, bs: int, device: torch.device) -> Iterator[tuple[s
         yield slice(i, i + bs), x[i : i + bs].to(device)
 
 
-def _hica_grids(hica: Any, data: LesionImages, bs: int, device: torch.device) -> dict[str, torch.Tensor]:
+def _hica_grids(
+    hica: Any, data: LesionImages, bs: int, device: torch.device, prefix: str = "hica"
+) -> dict[str, torch.Tensor]:
+    """A HiCA model's region–text map and Grad-CAM of each image: ``<prefix>_map``, ``<prefix>_gradcam``."""
     from hica.explain import class_maps
 
     enc = hica.model.encoder.eval()
@@ -135,7 +139,7 @@ def _hica_grids(hica: Any, data: LesionImages, bs: int, device: torch.device) ->
         maps = class_maps(enc, hica.text_protos, xb).cpu()  # (B, C, h, w)
         sim.append(maps[torch.arange(len(maps)), y[sl]])
         cam.append(grad_cam(logits, layer, xb, y[sl], model=enc).cpu())
-    return {"hica_map": torch.cat(sim), "hica_gradcam": torch.cat(cam)}
+    return {f"{prefix}_map": torch.cat(sim), f"{prefix}_gradcam": torch.cat(cam)}
 
 
 def _finetune_grids(ft: Any, data: LesionImages, bs: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -148,6 +152,35 @@ def _finetune_grids(ft: Any, data: LesionImages, bs: int, device: torch.device) 
 
     cam = [grad_cam(logits, layer, xb, y[sl], model=enc).cpu() for sl, xb in _batched(data.x, bs, device)]
     return {"finetune_gradcam": torch.cat(cam)}
+
+
+GridsFn = Callable[[Any, LesionImages, int, torch.device], dict[str, torch.Tensor]]
+
+
+def fitted_models(cfg: LocalizationConfig) -> list[tuple[str, type, dict[str, Any], GridsFn]]:
+    """The models a seed fits, in order: (model key, method class, its arguments, its maps). With
+    ``compare_global_only``, the registered ``hica_global_only`` with HiCA's arguments; HicaError when those
+    arguments turn L_local or L_cross back on (the comparison would not be with a global-only model)."""
+    from hica.methods.base import method_registry
+    from hica.methods.finetune import FineTune
+    from hica.methods.hica import HiCA
+
+    models: list[tuple[str, type, dict[str, Any], GridsFn]] = [
+        ("hica", HiCA, cfg.hica_args, _hica_grids),
+        ("finetune", FineTune, cfg.finetune_args, _finetune_grids),
+    ]
+    if cfg.compare_global_only:
+        cls = method_registry()["hica_global_only"]
+        settings = cls(**cfg.hica_args).config
+        on = [k for k in ("use_local", "use_cross") if getattr(settings, k)]
+        if on:
+            raise HicaError(
+                f"hica_args set {', '.join(on)}: the global-only comparison model (hica_global_only with "
+                "hica_args) would not be global-only; drop them from hica_args or set compare_global_only: "
+                "false"
+            )
+        models.append(("global_only", cls, cfg.hica_args, partial(_hica_grids, prefix="global_only")))
+    return models
 
 
 def score_images(
@@ -165,7 +198,7 @@ def score_images(
     rows = []
     for i, sid in enumerate(data.ids):
         mask = data.masks[i]
-        maps = {**{m: up[m][i] for m in up}, "center_prior": prior}
+        maps = {**{m: up[m][i] for m in up}, "center_prior": prior}  # every map the seed made
         rows.append(
             {
                 "id": sid,
@@ -179,9 +212,9 @@ def score_images(
                         k: round(v, 6)
                         for k, v in image_metrics(maps[m], mask, cfg.tolerance_px, cfg.top_fractions).items()
                     }
-                    for m in MAPS
+                    for m in maps
                 },
-                "degenerate": {m: is_degenerate(maps[m]) for m in MAPS},
+                "degenerate": {m: is_degenerate(maps[m]) for m in maps},
                 "grids": {m: np.round(grids[m][i].numpy(), 6).tolist() for m in grids},
             }
         )
@@ -198,11 +231,9 @@ def run_seed(
     device: torch.device,
     precision: str,
 ) -> dict[str, Any]:
-    """Fit HiCA and the fine-tuned baseline on seed ``seed``'s episode, map and score every lesion image."""
+    """Fit the models (:func:`fitted_models`) on seed ``seed``'s episode, map and score every lesion image."""
     from hica.data.episodes import sample_episode
     from hica.eval.protocol import image_episode
-    from hica.methods.finetune import FineTune
-    from hica.methods.hica import HiCA
 
     t_seed = time.perf_counter()
     ep = sample_episode(ds, cfg.k, seed)
@@ -212,10 +243,7 @@ def run_seed(
     grids: dict[str, torch.Tensor] = {}
     correct: dict[str, list[bool]] = {}
     t_maps = 0.0
-    for model, cls, args, make_grids in (
-        ("hica", HiCA, cfg.hica_args, _hica_grids),
-        ("finetune", FineTune, cfg.finetune_args, _finetune_grids),
-    ):
+    for model, cls, args, make_grids in fitted_models(cfg):
         t0 = time.perf_counter()
         episode = image_episode(enc, ds, ep, by_id, seed, cls, desc)
         m = cls(**args).fit(enc, episode, device, precision)

@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field, field_validator
 
 from hica.config import EncoderConfig, StrictConfig, distinct_seeds
+from hica.data.catalog import split_version
 from hica.errors import HicaError
 
 # Settings a seed's part does not depend on: they choose where data is read, which seeds run, the gallery
@@ -26,6 +27,9 @@ class LocalizationConfig(StrictConfig):
     seeds: list[int] = Field(default_factory=lambda: [1, 2, 3])
     hica_args: dict[str, Any] = Field(default_factory=dict)
     finetune_args: dict[str, Any] = Field(default_factory=dict)
+    # Also fit the global-only ablation (method hica_global_only, same hica_args) and map it: is a pointing-
+    # game gain the local level's? In the config hash: parts made without its maps are never reused.
+    compare_global_only: bool = True
     tolerance_px: float = Field(15.0, ge=0)  # pointing-game tolerance, pixels of the encoder input
     top_fractions: list[float] = Field(default_factory=lambda: [0.05, 0.1, 0.2])
     center_sigma: float = Field(0.25, gt=0)  # center prior σ as a fraction of the image side
@@ -78,5 +82,10 @@ def load_localization_config(path: str | Path, overrides: dict[str, Any] | None 
 
 def config_scope(cfg: LocalizationConfig) -> dict[str, Any]:
     """What changes a seed's results (JSON): every setting but the name, data root, seed list, gallery and
-    batch size. The grid runner hashes it together with the encoder's fingerprint."""
-    return cfg.model_dump(mode="json", exclude=set(NOT_IN_SCOPE))
+    batch size, plus the dataset's carved-split version where it has one (``data.catalog.split_version``).
+    The grid runner hashes it together with the encoder's fingerprint."""
+    scope = cfg.model_dump(mode="json", exclude=set(NOT_IN_SCOPE))
+    version = split_version(cfg.dataset)
+    if version is not None:  # a carved split that changed: parts of the old one are not reused
+        scope["split_version"] = version
+    return scope

@@ -38,6 +38,7 @@ from hica.analysis.robustness_config import (
     load_robustness_config,
 )
 from hica.config import dump_config
+from hica.data.catalog import split_version
 from hica.environment import machine_info
 from hica.eval.grid import STAMP, GridRun
 from hica.io import out_lock, write_json, write_text
@@ -264,6 +265,9 @@ def run_robustness(
         bench = Benchmark(cfg.benchmark_config(), out, progress=progress)
         enc = bench.encoder()
         scope = cfg.model_dump(mode="json", exclude={"cache_dir", "data_root"})
+        version = split_version(cfg.dataset)
+        if version is not None:  # a carved split that changed: parts of the old one are not reused
+            scope["split_version"] = version
         with GridRun(
             out,
             scope=scope,

@@ -36,6 +36,7 @@ from hica.config import dump_config
 from hica.errors import HicaError
 from hica.io import write_json, write_text
 from hica.report.unseen import aggregate_unseen, group_key, predictions_csv, render_table
+from hica.report.unseen_attributes import attribute_summary
 from hica.runtime import reproducible
 
 __all__ = ["UnseenConfig", "load_unseen_config", "run_unseen"]
@@ -108,6 +109,9 @@ def run_unseen(
         ]
 
         result = aggregate_unseen(cfg, ds, inp.labels, np.array(before["probs"]), records, groups)
+        att = attribute_summary(before, records)
+        if att is not None:
+            result["attribute_accuracy"] = att
         result.update(
             config=cfg.model_dump(mode="json"),
             config_hash=run.hash,

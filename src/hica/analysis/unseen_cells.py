@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
+import warnings
 from typing import Any
 
 import numpy as np
@@ -59,6 +60,58 @@ def base_predictor(encoder: Any, temperature: float, device: torch.device, preci
     )
 
 
+def composed_probs(model: Any, inp: UnseenInputs, cfg: UnseenConfig) -> tuple[np.ndarray, dict[str, Any]]:
+    """Zero-shot (N, C) probabilities composed from attribute posteriors by every class's profile (columns
+    in the dataset's class order), and the attribute level's accuracy (``attribute_accuracy``) with the
+    classifier's own proposed ROIs and, for scoring only, with the lesion masks as ROIs; ``model`` a
+    ``HiCAModel`` (aligned or not)."""
+    from hica.methods.hica import HiCA
+    from hica.model.attributes import AttributeVocab, compose_classes, model_value_posteriors
+
+    hp = HiCA(**cfg.hica_args).hparams
+    vocab = AttributeVocab.of(inp.desc, inp.ds.classes)  # every class's profile, the held-out ones included
+    args = (hp["temperature"], hp["roi_top_fraction"], inp.device, inp.precision)
+    post = model_value_posteriors(model, inp.images, *args)
+    groups = torch.tensor(vocab.value_group)
+    probs = compose_classes(post, vocab.class_values, groups, vocab.class_any, vocab.presence_group)
+    oracle = model_value_posteriors(model, inp.images, *args, masks=inp.eval_masks)
+    accuracy = {
+        "proposed_roi": attribute_accuracy(post.numpy(), inp),
+        "mask_roi": attribute_accuracy(oracle.numpy(), inp),
+    }
+    return probs.numpy(), accuracy
+
+
+def attribute_accuracy(post: np.ndarray, inp: UnseenInputs) -> dict[str, Any]:
+    """Per attribute group, accuracy and balanced accuracy of the argmax value against the values measured
+    from the evaluation images' masks (read for scoring only), over the images where one was measured."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    from hica.model.attributes import AttributeVocab
+
+    vocab = AttributeVocab.of(inp.desc, inp.ds.classes)
+    targets = vocab.targets(inp.eval_attributes).numpy()
+    groups = np.array(vocab.value_group)
+    out: dict[str, Any] = {}
+    for g, name in enumerate(vocab.groups):
+        cols = np.flatnonzero(groups == g)
+        keep = targets[:, g] >= 0
+        if not keep.any():
+            continue
+        pred = cols[post[keep][:, cols].argmax(1)]
+        true = targets[keep, g]
+        with warnings.catch_warnings():  # a value predicted but absent from the truth is expected here
+            warnings.simplefilter("ignore", UserWarning)
+            balanced = balanced_accuracy_score(true, pred)
+        out[name] = {
+            "n": int(keep.sum()),
+            "accuracy": round(float((pred == true).mean()), 4),
+            "balanced_accuracy": round(float(balanced), 4),
+            "chance_balanced_accuracy": round(1 / len(np.unique(true)), 4),  # mean recall over present values
+        }
+    return out
+
+
 # -- inputs, loaded only when a part must be computed -----------------------------------------------------
 
 
@@ -85,6 +138,27 @@ class UnseenInputs:
         from hica.eval.protocol import images_of
 
         return images_of(self.enc, self.samples)
+
+    @functools.cached_property
+    def eval_masks(self) -> torch.Tensor:
+        """The evaluation images' lesion masks in the encoder's input geometry: for *scoring* the attribute
+        level with the true lesion as ROI only; no classifier reads them."""
+        from hica.model.imagedata import input_spec, load_store
+
+        store = load_store(self.samples, input_spec(self.enc).size, with_masks=True)
+        return store.masks.float()
+
+    @functools.cached_property
+    def eval_attributes(self) -> list[dict[str, str]]:
+        """The evaluation images' attribute values measured from their masks: for *scoring* the attribute
+        level only; no classifier reads them."""
+        from hica.data.attributes import AttributeThresholds, image_values, measure_split, no_lesion_classes
+
+        classes = list(self.ds.classes)
+        res = measure_split(
+            self.samples, classes, AttributeThresholds(), no_lesion_classes(self.desc, classes)
+        )
+        return [image_values(r) for r in res.results]
 
 
 def eval_samples(ds: Any, split: str, episodes: list[Any], max_images: int | None) -> list[Any]:
@@ -135,11 +209,18 @@ def before_alignment_part(inp: UnseenInputs, cfg: UnseenConfig) -> dict[str, Any
     from hica.methods.hica import HiCA
 
     t0 = time.perf_counter()
-    temperature = HiCA(**cfg.hica_args).hparams["temperature"]
-    pred = base_predictor(inp.enc, temperature, inp.device, inp.precision)
-    emb = embed_images(inp.enc, inp.images, inp.device, inp.precision)
-    probs = zero_shot_probs(pred, inp.ds.descriptors, inp.ds.classes, emb)
-    return {"probs": np.round(probs, 6).tolist(), "seconds": round(time.perf_counter() - t0, 2)}
+    extra: dict[str, Any] = {}
+    if cfg.zero_shot == "attributes":
+        from hica.model.hica_model import HiCAModel, TextHead
+
+        model = HiCAModel(inp.enc, TextHead(inp.enc, inp.desc, inp.ds.classes).to(inp.device)).eval()
+        probs, extra["attribute_accuracy"] = composed_probs(model, inp, cfg)
+    else:
+        temperature = HiCA(**cfg.hica_args).hparams["temperature"]
+        pred = base_predictor(inp.enc, temperature, inp.device, inp.precision)
+        emb = embed_images(inp.enc, inp.images, inp.device, inp.precision)
+        probs = zero_shot_probs(pred, inp.ds.descriptors, inp.ds.classes, emb)
+    return {"probs": np.round(probs, 6).tolist(), "seconds": round(time.perf_counter() - t0, 2), **extra}
 
 
 def aligned_part(inp: UnseenInputs, held: list[int], seed: int, ep: Any, cfg: UnseenConfig) -> dict[str, Any]:
@@ -154,9 +235,13 @@ def aligned_part(inp: UnseenInputs, held: list[int], seed: int, ep: Any, cfg: Un
     method = HiCA(**cfg.hica_args).fit(inp.enc, data, inp.device, inp.precision)
     t_fit = time.perf_counter() - t0
     emb = method.embed(inp.images)  # the aligned image tower, once for every classifier below
-    probs = zero_shot_probs(
-        aligned_predictor(method, inp.device, inp.precision), ds.descriptors, ds.classes, emb
-    )
+    extra: dict[str, Any] = {}
+    if cfg.zero_shot == "attributes":
+        probs, extra["attribute_accuracy"] = composed_probs(method.model, inp, cfg)
+    else:
+        probs = zero_shot_probs(
+            aligned_predictor(method, inp.device, inp.precision), ds.descriptors, ds.classes, emb
+        )
     # HiCA's own few-shot classifier (seen classes only) on the seen classes' images.
     mask = np.isin(labels, seen)
     few = method.logits(emb[torch.from_numpy(mask).to(emb.device)], method.alpha).softmax(-1).cpu().numpy()
@@ -182,4 +267,5 @@ def aligned_part(inp: UnseenInputs, held: list[int], seed: int, ep: Any, cfg: Un
         "fit_seconds": round(t_fit, 2),
         "total_seconds": round(time.perf_counter() - t0, 2),
         "probs": np.round(probs, 6).tolist(),
+        **extra,
     }

@@ -30,6 +30,10 @@ class UnseenConfig(StrictConfig):
     precision: str = "auto"
     data_root: str | None = None
     max_images: int | None = Field(None, ge=1)  # None: the whole split (a subset is for tests)
+    # How a class is recognised zero-shot: "prototype" (cosine to the aligned text tower's class prompts) or
+    # "attributes" (composed from the attribute posteriors by each class's descriptor profile,
+    # hica.model.attributes; needs attribute_values and profiles in the descriptor file).
+    zero_shot: Literal["prototype", "attributes"] = "prototype"
 
     @field_validator("holdout", mode="before")
     @classmethod

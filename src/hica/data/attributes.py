@@ -36,6 +36,8 @@ GROUPS: dict[str, tuple[str, ...]] = {
     "size": ("small", "medium", "large"),
 }
 GEOMETRY_GROUPS = ("shape", "orientation", "margin", "margin_detail", "size")
+#: The hierarchy's root group: is there a lesion at all (``mass`` / ``no mass``); see :func:`image_values`.
+PRESENCE = "presence"
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,27 @@ def measure_lesion(
     if values["posterior"] == UNKNOWN:
         warnings.append("no_posterior_region")
     return LesionAttributes({k: values[k] for k in GROUPS}, {**g, **p}, n, tuple(warnings))
+
+
+def image_values(res: LesionAttributes) -> dict[str, str]:
+    """An image's attribute values for alignment: :data:`GROUPS` plus :data:`PRESENCE` (``mass`` when a
+    lesion was measured, ``no mass`` when none is expected and none is there, else ``unknown``)."""
+    vals = dict(res.values)
+    if all(v == NO_MASS for v in vals.values()):
+        presence = NO_MASS
+    elif res.n_lesions > 0:
+        presence = "mass"
+    else:
+        presence = UNKNOWN
+    return {PRESENCE: presence, **vals}
+
+
+def no_lesion_classes(descriptors: object, classes: Sequence[str]) -> tuple[str, ...]:
+    """Classes whose descriptor profile says ``presence: [no mass]`` (else the conventional ``normal``)."""
+    profile = getattr(descriptors, "profile", None)
+    if profile is None:
+        return tuple(c for c in classes if c == "normal")
+    return tuple(c for c in classes if profile(c).get(PRESENCE) == [NO_MASS])
 
 
 def _pixels(sample: Sample) -> tuple[np.ndarray, np.ndarray]:

@@ -12,14 +12,19 @@ from typing import Any
 
 from hica.data.formats.busi import BUSI_CLASSES, read_split_file, scan_busi
 from hica.data.formats.imagefolder import scan_imagefolder
+from hica.data.formats.kermany import patient_groups
 from hica.data.formats.manifest import read_manifest
 from hica.data.formats.medmnist import ensure_npz, read_npz
 from hica.data.sample import Dataset
-from hica.data.splits import carve_validation
+from hica.data.splits import carve_validation, carve_validation_by_group
 from hica.errors import HicaError
 
 VAL_SEED = 0  # the fixed seed of every validation carve-out
 VAL_FRACTION = 0.1
+# How a built-in dataset's carved validation split is drawn, for those whose carving changed since the first
+# one (per image, stratified): part of the identity of every grid part computed on it (``split_version``),
+# so parts made on the old split are never reused for the new one. Bump it whenever the carving changes.
+SPLIT_VERSIONS = {"chest_xray": "val-per-patient-1"}
 
 
 def data_root(explicit: str | Path | None = None) -> Path:
@@ -55,14 +60,20 @@ def _chest_xray(root: Path) -> Callable[..., Dataset]:
         cmap = {"NORMAL": "normal", "PNEUMONIA": "pneumonia"}
         classes, train = scan_imagefolder(base / "train", ["normal", "pneumonia"], cmap, skip_bad, "train/")
         _, test = scan_imagefolder(base / "test", classes, cmap, skip_bad, "test/")
-        train, val = carve_validation(train, VAL_FRACTION, VAL_SEED, str(base / "train"))
+        source = str(base / "train")
+        train, val = carve_validation_by_group(
+            train, patient_groups(train, source), VAL_FRACTION, VAL_SEED, source
+        )
         return Dataset(
             name="chest_xray",
             classes=classes,
             splits={"train": train, "val": val, "test": test},
             descriptors="chest_xray",
             source=str(base),
-            notes=[f"validation: stratified {VAL_FRACTION:.0%} of train, seed {VAL_SEED}; test: official"],
+            notes=[
+                f"validation: {VAL_FRACTION:.0%} of train per class, carved per patient (file-name patient "
+                f"id; every image of a patient on one side), seed {VAL_SEED}; test: official"
+            ],
         )
 
     return load
@@ -77,6 +88,13 @@ def _medmnist(root: Path, name: str, classes: list[str]) -> Callable[..., Datase
         )
 
     return load
+
+
+def split_version(spec: str | dict[str, Any]) -> str | None:
+    """The ``SPLIT_VERSIONS`` entry of a config's dataset entry (a name or a dict) when it names a built-in
+    dataset that has one, else None (a dataset whose split never changed adds nothing to a run's identity)."""
+    name = spec if isinstance(spec, str) else (None if spec.get("path") else spec.get("name"))
+    return SPLIT_VERSIONS.get(name) if isinstance(name, str) else None
 
 
 def builtin_datasets(root: Path) -> dict[str, Callable[..., Dataset]]:

@@ -10,6 +10,7 @@ timings; writing metrics.json, predictions.csv and results.md is :func:`hica.job
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +23,7 @@ from tqdm.auto import tqdm
 
 from hica.cache import FeatureCache, Features, ViewAugment
 from hica.config import BenchmarkConfig, dump_config
-from hica.data.catalog import load_dataset
+from hica.data.catalog import load_dataset, split_version
 from hica.data.episodes import Episode, sample_episode
 from hica.data.sample import Dataset, Sample, load_image
 from hica.encoders import DualEncoder, create_encoder
@@ -32,6 +33,7 @@ from hica.eval.grid import GridRun, safe_key
 from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
 from hica.io import out_lock, write_json
 from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
+from hica.methods.settings import fixed_settings
 from hica.runtime import fit_threads, reproducible, resolve_device, resolve_precision
 
 
@@ -64,13 +66,15 @@ def image_episode(
     """An episode as images for an image-level method; text and lesion masks when the method uses them.
 
     Masks are read for the support images only (the few-shot annotation budget) and follow the image's
-    square resize to the encoder's input size."""
+    square resize to the encoder's input size; with a descriptor file that has ``attribute_values``, each
+    support image's attributes are measured from its mask (``support_attributes``)."""
     sup = [by_id[i] for i in ep.support]
     val = [by_id[i] for i in ep.val]
+    support = images_of(enc, sup)
     data = ImageFewShotData(
-        support=images_of(enc, sup),
+        support=support,
         support_labels=torch.tensor([s.label for s in sup]),
-        val=images_of(enc, val),
+        val=images_of(enc, val) if val else support[:0],  # realistic protocol: no validation image read
         val_labels=torch.tensor([s.label for s in val]),
         num_classes=len(ds.classes),
         seed=seed,
@@ -82,7 +86,18 @@ def image_episode(
 
         store = load_store(sup, input_spec(enc).size, with_masks=True)
         data.support_masks, data.support_has_mask = store.masks, store.has_mask
+        if descriptors is not None and descriptors.attribute_values:
+            data.support_attributes = support_attributes(sup, list(ds.classes), descriptors)
     return data
+
+
+def support_attributes(sup: list[Sample], classes: list[str], descriptors: Any) -> list[dict[str, str]]:
+    """Each support image's BI-RADS attribute values, measured from its own mask and pixels with the
+    bundled thresholds (``AttributeThresholds``, fitted on BUSI train; never on labels or test data)."""
+    from hica.data.attributes import AttributeThresholds, image_values, measure_split, no_lesion_classes
+
+    measured = measure_split(sup, classes, AttributeThresholds(), no_lesion_classes(descriptors, classes))
+    return [image_values(r) for r in measured.results]
 
 
 def view_augment(enc: DualEncoder, ds: Dataset) -> ViewAugment:
@@ -155,10 +170,15 @@ class Benchmark:
         # Where data and features are read from does not change a result: resuming ignores it; nor does the
         # view seed when no method uses augmented views.
         exclude = {"cache_dir", "data_root"} | (set() if any(self.views_needed.values()) else {"view_seed"})
-        self.scope = cfg.model_dump(mode="json", exclude=exclude)
+        standard = cfg.protocol == "standard"  # standard configs keep the hash they had before protocols
+        self.scope = cfg.model_dump(mode="json", exclude=exclude | ({"protocol"} if standard else set()))
         # What a part really depends on: each method's complete settings (a default changed by a commit is a
-        # new computation), and the resolved device type, precision and fitting thread count.
-        self.scope["method_args"] = resolved
+        # new computation) — less, in the standard protocol, the fixed settings used only without validation
+        # shots, which it always has — and the resolved device type, precision and fitting thread count.
+        unused = {m: set(fixed_settings(self.registry[m].Settings)) if standard else set() for m in resolved}
+        self.scope["method_args"] = {
+            m: {k: v for k, v in hp.items() if k not in unused[m]} for m, hp in resolved.items()
+        }
         self.scope["resolved"] = {
             "device": self.device.type,
             "precision": self.precision,
@@ -233,9 +253,13 @@ class Benchmark:
                 self.cache.get(
                     enc, st.ds, split, [st.by_id[i] for i in ids], skip_bad=self.cfg.skip_bad, progress=False
                 )
+                if ids
+                else None  # realistic protocol: no validation shots, the val shard is never opened
                 for split, ids in (("train", ep.support), ("val", ep.val))
             )
-            sup_x, sup_y, val_x, val_y = sup_f.global_, sup_f.labels, val_f.global_, val_f.labels
+            assert sup_f is not None
+            sup_x, sup_y = sup_f.global_, sup_f.labels
+            val_x, val_y = (sup_x[:0], sup_y[:0]) if val_f is None else (val_f.global_, val_f.labels)
         n_views = cls.views_needed(cls.check_settings(args))
         views = None
         if n_views > 0 and ep is None:
@@ -327,6 +351,9 @@ class Benchmark:
         ) as grid:
             for spec in self.cfg.datasets:
                 ds = load_dataset(spec, self.cfg.data_root, skip_bad=self.cfg.skip_bad)
+                # a part is reused only for the same episode, and the same carved split where it has a version
+                version = split_version(spec)
+                same_split = {} if version is None else {"split_version": version}
                 st = self.state(enc, ds)
                 cells: list[tuple[str, int, int, Episode | None]] = []
                 for method in self.cfg.methods:
@@ -334,7 +361,7 @@ class Benchmark:
                         cells.append((method, 0, 0, None))
                 for k in self.cfg.shots:
                     for seed in self.cfg.seeds:
-                        ep = sample_episode(ds, k, seed)
+                        ep = sample_episode(ds, k, seed, self.cfg.protocol)
                         episode_file = self.out / "episodes" / f"{part_key(ds.name, 'episode', k, seed)}.json"
                         write_json(episode_file, ep.to_json())
                         for method in self.cfg.methods:
@@ -346,6 +373,7 @@ class Benchmark:
                     rec = grid.part(
                         part_key(ds.name, method, k, seed),
                         lambda st=st, m=method, k=k, s=seed, e=ep: self._run_one(enc, st, m, k, s, e),
+                        match={"episode": json.loads(json.dumps(ep.to_json())) if ep else None, **same_split},
                     )
                     records.append(rec)
         self.timings["total"] = round(time.perf_counter() - t_start, 2)

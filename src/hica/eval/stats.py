@@ -106,3 +106,26 @@ def seed_stat(
         out["chance"] = chance
         out["vs_chance"] = versus_chance(ci, chance)
     return out
+
+
+def paired_difference(a: dict[Any, float], b: dict[Any, float], n_boot: int = 10000, seed: int = 0) -> dict:
+    """Mean paired difference a − b over the episodes both have (keys, e.g. seeds), with a 95% CI from a
+    bootstrap over episodes (the episode is the unit that varies: support set, initialisation), and whether
+    the CI lies above, below or across 0. NaN differences are left out."""
+    keys = sorted(k for k in a if k in b and math.isfinite(a[k] - b[k]))
+    d = np.array([a[k] - b[k] for k in keys], dtype=np.float64)
+    if len(d) == 0:
+        return {"n": 0, "mean": math.nan, "ci95": [math.nan, math.nan], "sign": "no paired episodes"}
+    rng = np.random.default_rng(seed)
+    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
+    lo, hi = (float(v) for v in np.percentile(boots, [2.5, 97.5]))
+    sign = "above 0" if lo > 0 else "below 0" if hi < 0 else "CI holds 0"
+    return {
+        "n": len(d),
+        "mean": round(float(d.mean()), 4),
+        "ci95": [round(lo, 4), round(hi, 4)],
+        "sign": sign,
+        "wins": int((d > 0).sum()),
+        "losses": int((d < 0).sum()),
+        "per_episode": {str(k): round(float(v), 4) for k, v in zip(keys, d, strict=True)},
+    }

@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from hica.errors import HicaError
-from hica.losses.cross_category import CrossCategoryMarginLoss
+from hica.losses.cross_category import CrossCategoryMarginLoss, Scale
 from hica.losses.global_alignment import GlobalContrastiveLoss
 from hica.losses.local_alignment import EmptyRoi, LocalAlignmentLoss
 from hica.model.hica_model import HiCAOutput
@@ -26,8 +26,9 @@ class HierarchicalLoss(nn.Module):
 
     ``lambda_local`` = λ1, ``lambda_cross`` = λ2 (≥ 0; the defaults 1.0 are placeholders, not values from the
     paper); ``temperature`` is τ of the global and local contrasts (``learnable_temperature`` learns the
-    global one), ``margin`` the cosine margin of L_cross; ``background_weight`` and ``empty_roi`` go to
-    ``LocalAlignmentLoss``. A disabled term is not computed and does not appear in the returned dict.
+    global one), ``margin`` the cosine margin of L_cross and ``cross_scale`` its scale (``logit`` or
+    ``cosine``); ``background_weight`` and ``empty_roi`` go to ``LocalAlignmentLoss``. A disabled term is
+    not computed and does not appear in the returned dict.
     """
 
     def __init__(
@@ -42,6 +43,7 @@ class HierarchicalLoss(nn.Module):
         background_weight: float = 1.0,
         empty_roi: EmptyRoi = "whole",
         learnable_temperature: bool = False,
+        cross_scale: Scale = "cosine",
     ) -> None:
         super().__init__()
         for name, v in (("lambda_local", lambda_local), ("lambda_cross", lambda_cross)):
@@ -55,7 +57,9 @@ class HierarchicalLoss(nn.Module):
             GlobalContrastiveLoss(temperature, learnable=learnable_temperature) if use_global else None
         )
         self.local_loss = LocalAlignmentLoss(temperature, background_weight, empty_roi) if use_local else None
-        self.cross_loss = CrossCategoryMarginLoss(margin) if use_cross else None
+        self.cross_loss = (
+            CrossCategoryMarginLoss(margin, scale=cross_scale, temperature=temperature) if use_cross else None
+        )
 
     def forward(self, out: HiCAOutput, labels: torch.Tensor) -> dict[str, torch.Tensor]:
         """The terms that are on for the model output ``out`` of images with classes ``labels`` (B,).

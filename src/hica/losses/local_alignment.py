@@ -29,6 +29,21 @@ GLIP / RegionCLIP: each positive phrase must pick the ROI over the background of
 
     L_local = mean_i L_con,i + background_weight · mean_{i with background} L_bg,i
 
+Per-image attributes (``out.attr_targets`` given: the values measured from each support image's own mask and
+pixels, ``hica.model.attributes``). With value embeddings e_v, groups g (each value in one group) and the
+image's measured value v_ig per group (−1: none), the ROI is contrasted with the values of one group at a
+time, so the other values of the same group (e.g. "not circumscribed" for a circumscribed lesion) are the
+hard negatives:
+
+    L_attr,ig = −log softmax_{v ∈ g}(cos(x_ig, e_v) / τ + log π_v)[v_ig]
+    L_bg,ig   = softplus((cos(b_i, e_{v_ig}) − cos(r_i, e_{v_ig})) / τ)
+    L_local   = mean_{(i,g) measured} L_attr,ig + background_weight · mean L_bg,ig
+
+x_ig = r_i, or the whole image for the ``presence`` group (is there a lesion); L_bg over the lesion groups
+of images with a background. log π_v (``out.value_log_prior``, None: 0) is the value's log frequency
+within its group on the support set: logit adjustment (Menon et al., ICLR 2021), so the scores learned are
+not the support's value frequencies.
+
 Empty ROI (Σ_n w_in ≈ 0: normal images, which have no lesion mask, or a lesion image without one):
 ``empty_roi="whole"`` (default) pools the whole image as the ROI; the attribute phrases of a normal class
 describe whole-tissue appearance, so the whole image is the region they describe, and the image has no
@@ -47,6 +62,7 @@ from torch import nn
 from hica.errors import HicaError
 from hica.losses.global_alignment import check_temperature, multi_positive_nce
 from hica.model.hica_model import HiCAOutput
+from hica.model.roi import pool_tokens
 
 EmptyRoi = Literal["whole", "skip"]
 EMPTY_ROI_MODES = ("whole", "skip")
@@ -70,16 +86,6 @@ def positives_from_bank(
         return bank.new_zeros(b, 1, d), valid
     pos = bank[index] * valid[..., None].to(bank.dtype)
     return pos, valid
-
-
-def pool_tokens(tokens: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Weighted mean of L2-normalised ``tokens`` (B, N, D) with ``weights`` (B, N), L2-normalised.
-
-    Returns ``(pooled (B, D), mass (B,))``; rows with mass ≈ 0 are zeros."""
-    z = F.normalize(tokens, dim=-1)
-    mass = weights.sum(-1)
-    pooled = (weights[..., None] * z).sum(1) / mass.clamp_min(_EPS)[:, None]
-    return F.normalize(pooled, dim=-1), mass
 
 
 class LocalAlignmentLoss(nn.Module):
@@ -112,6 +118,8 @@ class LocalAlignmentLoss(nn.Module):
         local, roi, bank, bank_labels = out.local, out.roi, out.bank, out.bank_labels
         if roi is None:
             raise ValueError("the local term needs roi (ROI token weights); pass them or set use_local=False")
+        if out.attr_targets is not None and out.values is not None and out.values.shape[0] > 0:
+            return self._per_image(out)
         positives, positive_mask = out.positives, out.positive_mask
         if positives is None:
             positives, positive_mask = positives_from_bank(bank, bank_labels, labels)
@@ -180,3 +188,59 @@ class LocalAlignmentLoss(nn.Module):
                 "local/n_background": has_bg.sum(),
             }
         return terms
+
+    def _per_image(self, out: HiCAOutput) -> dict[str, torch.Tensor]:
+        """``L_local`` on each image's measured attribute values (module docstring, "Per-image")."""
+        local, tgt, groups = out.local, out.attr_targets, out.value_groups
+        assert tgt is not None and out.values is not None and groups is not None
+        b, n, _ = local.shape
+        if out.roi is None or out.roi.shape != (b, n):
+            raise ValueError(f"roi must be ({b}, {n}) like the tokens")
+        if tgt.ndim != 2 or tgt.shape[0] != b:
+            raise ValueError(f"attr_targets must be ({b}, G), got {tuple(tgt.shape)}")
+        w = out.roi.to(local.dtype).clamp(0, 1)
+        empty = w.sum(-1) <= _EPS
+        w = torch.where(empty[:, None], torch.ones_like(w), w)
+        r, _ = pool_tokens(local, w)
+        whole, _ = pool_tokens(local, torch.ones_like(w))
+        bg, bg_mass = pool_tokens(local, 1 - w)
+        has_bg = ~empty & (bg_mass > _EPS)
+        e = F.normalize(out.values, dim=-1)
+        zero = local.sum() * 0.0
+        ce, hits, bgs, presence = [], [], [], []
+        for g in range(tgt.shape[1]):
+            valid = tgt[:, g] >= 0
+            if self.empty_roi == "skip" and g != out.presence_group:
+                valid = valid & ~empty
+            if not valid.any():
+                continue
+            cols = torch.nonzero(groups == g, as_tuple=True)[0]
+            anchor = whole if g == out.presence_group else r
+            logits = anchor[valid] @ e[cols].T / self.temperature
+            if out.value_log_prior is not None:  # logit adjustment: learn scores free of the support's prior
+                logits = logits + out.value_log_prior.to(logits)[cols]
+            target = (cols[None, :] == tgt[valid, g][:, None]).float().argmax(-1)
+            loss = F.cross_entropy(logits, target, reduction="none")
+            ce.append(loss)
+            hits.append((logits.argmax(-1) == target).float())
+            if g == out.presence_group:
+                presence.append(loss.detach())
+                continue
+            keep = valid & has_bg
+            if keep.any():
+                et = e[tgt[keep, g]]
+                gap = ((bg[keep] * et).sum(-1) - (r[keep] * et).sum(-1)) / self.temperature
+                bgs.append(F.softplus(gap))
+        attribute = torch.cat(ce).mean() if ce else zero
+        background = torch.cat(bgs).mean() if bgs else zero
+        total = attribute + self.background_weight * background
+        nan = torch.tensor(float("nan"), device=local.device)
+        return {
+            "local": total,
+            "local/attribute": attribute.detach(),
+            "local/background": background.detach(),
+            "local/presence": torch.cat(presence).mean() if presence else nan,
+            "local/attr_acc": torch.cat(hits).mean() if hits else nan,
+            "local/n_targets": torch.tensor(sum(len(c) for c in ce), device=local.device),
+            "local/n_background": has_bg.sum(),
+        }

@@ -57,6 +57,19 @@ class Configurable:
         self.hparams = self.check_settings(hparams)
         self.selected: dict[str, Any] = {}  # hyperparameters chosen on validation, reported per run
 
+    def fixed_value(self, n_val: int, setting: str, what: str) -> Any:
+        """None when there are validation shots (``n_val`` > 0) to choose ``what`` on; without any (the
+        realistic protocol) the declared value of the ``fixed_*`` ``setting``, or a HicaError naming the
+        setting when it is null: nothing is ever chosen on other data in its place."""
+        if n_val > 0:
+            return None
+        if self.hparams[setting] is None:
+            raise HicaError(
+                f"method {self.name}: the episode has no validation shots to choose {what} on (realistic "
+                f"protocol) and no fixed value is declared; set {setting} in its method_args"
+            )
+        return self.hparams[setting]
+
 
 class Method(Configurable, ABC):
     """A few-shot / zero-shot classifier on frozen features."""
@@ -124,6 +137,9 @@ class ImageFewShotData:
     descriptors: Any = None  # hica.data.descriptors.Descriptors
     support_masks: torch.Tensor | None = None  # (N, H, W) bool, the support images' lesion masks
     support_has_mask: torch.Tensor | None = None  # (N,) bool: the sample had mask files (maybe empty)
+    #: Per support image, attribute group -> value measured from its mask and pixels
+    #: (``hica.data.attributes.image_values``; ``unknown`` where not measurable); None without masks.
+    support_attributes: list[dict[str, str]] | None = None
 
 
 class ImageMethod(Configurable, ABC):

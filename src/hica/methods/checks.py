@@ -21,10 +21,11 @@ def need_text(data: FewShotData, method: str) -> ClassText:
 
 
 def need_shots(data: FewShotData, method: str) -> None:
-    """Few-shot methods need labelled support and validation shots covering every class."""
-    for part, y in (("support", data.support_labels), ("validation", data.val_labels)):
-        if len(y) == 0:
-            raise HicaError(f"{method} needs labelled {part} shots (K >= 1); it cannot run zero-shot")
+    """Few-shot methods need labelled support shots covering every class. Validation shots may be absent
+    (the realistic protocol): a method then uses its declared fixed settings (``Configurable.fixed_value``).
+    """
+    if len(data.support_labels) == 0:
+        raise HicaError(f"{method} needs labelled support shots (K >= 1); it cannot run zero-shot")
     missing = sorted(set(range(data.num_classes)) - set(data.support_labels.tolist()))
     if missing:
         raise HicaError(f"{method}: support set has no shot of class(es) {missing}")

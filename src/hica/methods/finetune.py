@@ -5,13 +5,17 @@ A copy of the image tower plus a cosine classifier head initialised from the sup
 images per batch cannot estimate them). Light, anatomy-safe augmentation: random resized crop (scale
 0.75–1, near-square) and small rotations; no flips. The checkpoint (step) with the best validation
 accuracy (ties: lower validation loss, then earlier) is kept; test data are never seen.
+
+Without validation images (the realistic protocol) the declared ``fixed_step`` is kept: ``"last"`` (the
+default: the model after ``steps`` steps), with no evaluation during training; ``fixed_step: null``
+refuses such episodes.
 """
 
 from __future__ import annotations
 
 import copy
 import math
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +30,8 @@ from hica.runtime import autocast, reproducible
 
 @register_method("finetune")
 class FineTune(ImageMethod):
-    """End-to-end fine-tuning (steps, batch_size, lr, head_lr, weight_decay, eval_every, temperature)."""
+    """End-to-end fine-tuning (steps, batch_size, lr, head_lr, weight_decay, eval_every, temperature;
+    fixed_step without validation images)."""
 
     class Settings(MethodSettings):
         steps: PositiveInt = 24
@@ -36,6 +41,7 @@ class FineTune(ImageMethod):
         weight_decay: NonNegativeFloat = 1e-4
         eval_every: PositiveInt = 6
         temperature: PositiveFloat = 0.05
+        fixed_step: Literal["last"] | None = "last"
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)
@@ -93,7 +99,8 @@ class FineTune(ImageMethod):
                 T.RandomRotation(10),
             ]
         )
-        best = (*self._eval(data.val, data.val_labels), 0)
+        fixed = self.fixed_value(len(data.val_labels), "fixed_step", "the step") is not None
+        best = (0.0, 0.0, hp["steps"]) if fixed else (*self._eval(data.val, data.val_labels), 0)
         best_state = None
         n = len(data.support)
         for step in range(1, hp["steps"] + 1):
@@ -108,21 +115,25 @@ class FineTune(ImageMethod):
             loss.backward()
             opt.step()
             sched.step()
-            if step % hp["eval_every"] == 0 or step == hp["steps"]:
+            if not fixed and (step % hp["eval_every"] == 0 or step == hp["steps"]):
                 self.encoder.eval()
                 acc, vloss = self._eval(data.val, data.val_labels)
                 if (acc, -vloss) > (best[0], -best[1]):
                     best = (acc, vloss, step)
                     best_state = {k: v.detach().clone() for k, v in self.encoder.state_dict().items()}
                     best_head = self.head.detach().clone()
-        if best_state is not None:
+        if best_state is not None:  # never set when ``fixed``: the last step's model stays
             self.encoder.load_state_dict(best_state)
             self.head.data.copy_(best_head)
-        else:  # step 0 (the prototype head) was best; restore it
+        elif not fixed:  # step 0 (the prototype head) was best; restore it
             self.encoder = copy.deepcopy(encoder).to(device)
             self.head.data.copy_(F.normalize(proto, dim=-1))
         self.encoder.eval()
-        self.selected = {"best_step": best[2], "val_accuracy": best[0], "val_loss": round(best[1], 4)}
+        self.selected = (
+            {"best_step": best[2], "fixed": ["fixed_step"]}
+            if fixed
+            else {"best_step": best[2], "val_accuracy": best[0], "val_loss": round(best[1], 4)}
+        )
         return self
 
     def predict_proba(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:

@@ -14,15 +14,15 @@ them in two phases:
    images cannot estimate them) and the text projection. The text transformer stays frozen, so its
    sentence embeddings are computed once.
 
-ROIs for ``L_local``: the support images' lesion masks where the dataset has them (BUSI; an image of a class
-without lesions, e.g. normal tissue, has an empty mask and is pooled whole), else an ROI proposed from
-token–text similarity (``hica.model.roi.proposal_roi``, query: the mean attribute phrase of the image's
-class). Each run reports the ROI source it used. Only the support set's images, labels and masks are read.
+``L_local`` pools ROIs from the support masks where the data has them (a normal image is pooled whole), else
+from token–text similarity (``hica.model.roi.proposal_roi``), and aligns them with each support image's
+*measured* attribute values (``attributes: image``, ``hica.model.attributes``; class-level phrases without
+masks or with ``attributes: class``). Runs report both sources. Only support images, labels, masks are read.
 Every step's named loss terms (both phases) are kept in ``loss_log``.
 
 Prediction: cosine to the aligned class-text prototypes blended with cosine to the support-image prototypes,
-``α·cos(f, t_c) + (1 − α)·cos(f, μ_c)``, with α chosen on the episode's validation shots (ties: lower
-validation loss, then larger α); zero-shot is α = 1.
+``α·cos(f, t_c) + (1 − α)·cos(f, μ_c)``, α chosen on the episode's validation shots (ties: lower validation
+loss, then larger α), or ``fixed_alpha`` without any (realistic protocol); zero-shot is α = 1.
 
 The ablations are presets of the settings (``PRESETS``), registered as methods under their names.
 """
@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import tempfile
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -52,7 +51,8 @@ from hica.methods.settings import (
     PositiveInt,
     with_defaults,
 )
-from hica.model.augment import training_augment
+from hica.model.attributes import model_value_posteriors, value_log_prior
+from hica.model.augment import augmented_batches, modality_of, training_augment
 from hica.model.hica_model import HiCAModel, TextHead
 from hica.model.imagedata import InputSpec, input_spec
 from hica.model.roi import masks_to_token_weights
@@ -68,16 +68,6 @@ def blend_logits(
 ) -> torch.Tensor:
     """HiCA's classifier: ``(α·cos(f, t_c) + (1 − α)·cos(f, μ_c)) / τ`` for normalised ``emb`` (N, D)."""
     return (alpha * emb @ text_protos.T + (1 - alpha) * emb @ image_protos.T) / temperature
-
-
-def modality_of(text: str) -> str:
-    """Augmentation family from a descriptor file's free-text ``modality``."""
-    t = text.lower()
-    if "ultrasound" in t or "sonograph" in t:
-        return "ultrasound"
-    if "x-ray" in t or "xray" in t or "radiograph" in t:
-        return "xray"
-    return "generic"
 
 
 class HiCASettings(MethodSettings):
@@ -101,6 +91,12 @@ class HiCASettings(MethodSettings):
     min_scale: Fraction = 0.6
     roi_top_fraction: Fraction = 0.2
     roi: Literal["auto", "proposed"] = "auto"  # auto: masks where the support has them, else proposed
+    # image: L_local on each support image's measured attribute values where the support has them (masks +
+    # a descriptor file with attribute_values), else class-level; class: every phrase of the image's class.
+    attributes: Literal["image", "class"] = "image"
+    cross_scale: Literal["logit", "cosine"] = "cosine"  # L_cross margins: cosine hinge or logit space (1/τ)
+    attribute_logit_adjust: bool = False  # per-image attributes: remove the support value frequencies
+    fixed_alpha: Annotated[NonNegativeFloat, Le(1)] | None = 0.5  # α when an episode has no validation shots
 
     @model_validator(mode="after")
     def _something_to_train(self) -> HiCASettings:
@@ -115,6 +111,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "hica_global_only": {"use_local": False, "use_cross": False},  # L_global only
     "hica_no_local": {"use_local": False},  # without L_local
     "hica_no_cross": {"use_cross": False},  # without L_cross
+    "hica_class_attributes": {"attributes": "class"},  # L_local on class-level phrases (the first round's)
 }
 
 
@@ -128,38 +125,8 @@ def make_loss(cfg: HiCASettings) -> HierarchicalLoss:
         use_global=cfg.use_global,
         use_local=cfg.use_local,
         use_cross=cfg.use_cross,
+        cross_scale=cfg.cross_scale,
     )
-
-
-def augmented_batches(
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    masks: torch.Tensor | None,
-    aug: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
-    spec: InputSpec,
-    batch_size: int,
-    seed: int,
-) -> Callable[[int, int, int], Iterator[dict[str, torch.Tensor]]]:
-    """The engine's data factory: each epoch, a seeded permutation of the [0, 1] ``images`` in batches of
-    augmented, normalised images (``images``, ``labels``, and ``masks`` augmented alongside when given)."""
-    n = len(images)
-
-    def factory(epoch: int, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
-        g = torch.Generator().manual_seed(seed * 7919 + epoch)
-        order = torch.randperm(n, generator=g)[rank::world]
-        for b in range(max(1, len(order) // batch_size)):
-            idx = order[b * batch_size : (b + 1) * batch_size]
-            xs, ms = [], []
-            for i in idx.tolist():
-                x, m = aug(images[i], masks[i] if masks is not None else None)
-                xs.append(spec.normalize(x))
-                ms.append(m)
-            batch = {"images": torch.stack(xs), "labels": labels[idx]}
-            if masks is not None:
-                batch["masks"] = torch.stack(ms)
-            yield batch
-
-    return factory
 
 
 class HiCA(ImageMethod):
@@ -200,8 +167,18 @@ class HiCA(ImageMethod):
         self.roi_source = "lesion masks (support set)" if use_masks else "proposed (token-text similarity)"
         if not cfg.use_local:
             self.roi_source = "none (L_local off)"
-        head_log = self._align_text_head(model, data, use_masks)
-        summary, train_log = self._align_towers(model, data, spec, use_masks)
+        targets = None
+        if cfg.attributes == "image" and use_masks and data.support_attributes is not None and text.vocab:
+            targets = text.vocab.targets(data.support_attributes).to(device)
+        self.attribute_source = (
+            "per-image values measured from the support masks"
+            if targets is not None
+            else "class-level phrases"
+        )
+        if targets is not None and cfg.attribute_logit_adjust:
+            model.value_log_prior = value_log_prior(targets, text.value_groups).to(device)
+        head_log = self._align_text_head(model, data, use_masks, targets)
+        summary, train_log = self._align_towers(model, data, spec, use_masks, targets)
         for p in model.parameters():
             p.requires_grad_(False)
         model.eval()
@@ -211,21 +188,25 @@ class HiCA(ImageMethod):
         # Prototypes from the trained encoder, α on the validation shots.
         self.image_protos = self._protos(self.embed(data.support), data.support_labels, data.num_classes)
         self.text_protos = model.text.class_protos().detach()
-        val = self.embed(data.val)
-        best = None
-        for a in ALPHAS:
-            logits = self.logits(val, a)
-            acc = float((logits.argmax(1) == data.val_labels.to(logits.device)).float().mean())
-            nll = float(F.cross_entropy(logits, data.val_labels.to(logits.device)))
-            key = (acc, -nll, a)
-            if best is None or key > best[0]:
-                best = (key, a)
-        self.alpha = best[1]
+        best, fixed = None, self.fixed_value(len(data.val_labels), "fixed_alpha", "alpha")
+        if fixed is not None:
+            self.alpha = fixed  # realistic protocol: the declared α, nothing embedded or scored
+        else:
+            val = self.embed(data.val)
+            for a in ALPHAS:
+                logits = self.logits(val, a)
+                acc = float((logits.argmax(1) == data.val_labels.to(logits.device)).float().mean())
+                nll = float(F.cross_entropy(logits, data.val_labels.to(logits.device)))
+                key = (acc, -nll, a)
+                if best is None or key > best[0]:
+                    best = (key, a)
+            self.alpha = best[1]
         head_losses = [t["total"] for t in self.loss_log["head"]]
         self.selected = {
             "alpha": self.alpha,
-            "val_accuracy": round(best[0][0], 4),
+            "val_accuracy": None if best is None else round(best[0][0], 4),
             "roi_source": self.roi_source,
+            "attribute_source": self.attribute_source,
             "head_loss": [round(head_losses[0], 4), round(head_losses[-1], 4)] if head_losses else None,
             "train_loss": [round(summary["losses"][0], 4), round(summary["losses"][-1], 4)]
             if summary["losses"]
@@ -233,7 +214,9 @@ class HiCA(ImageMethod):
         }
         return self
 
-    def _align_text_head(self, model: HiCAModel, data: ImageFewShotData, use_masks: bool) -> list[LossTerms]:
+    def _align_text_head(
+        self, model: HiCAModel, data: ImageFewShotData, use_masks: bool, targets: torch.Tensor | None
+    ) -> list[LossTerms]:
         """Phase 1: the text head on the support images' frozen features; each step's loss terms."""
         enc, text, device = model.encoder, model.text, self._device
         enc.eval()
@@ -252,7 +235,7 @@ class HiCA(ImageMethod):
         gen = torch.Generator().manual_seed(data.seed)
         log = []
         for _ in range(self.config.head_steps):
-            terms = self.loss(model.align(glob, local, grid, y, roi, gen), y)
+            terms = self.loss(model.align(glob, local, grid, y, roi, gen, targets), y)
             opt.zero_grad(set_to_none=True)
             terms["total"].backward()
             opt.step()
@@ -260,7 +243,12 @@ class HiCA(ImageMethod):
         return log
 
     def _align_towers(
-        self, model: HiCAModel, data: ImageFewShotData, spec: InputSpec, use_masks: bool
+        self,
+        model: HiCAModel,
+        data: ImageFewShotData,
+        spec: InputSpec,
+        use_masks: bool,
+        targets: torch.Tensor | None,
     ) -> tuple[dict[str, Any], list[LossTerms]]:
         """Phase 2: image tower and text head on augmented support images, through the training engine.
         Returns the engine's summary and each step's loss terms."""
@@ -277,12 +265,24 @@ class HiCA(ImageMethod):
         raw = (data.support * std + mean).clamp(0, 1)  # back to [0, 1] for photometric augmentation
         masks = data.support_masks.float() if use_masks else None
         bs = min(cfg.batch_size, len(raw))
-        factory = augmented_batches(raw, data.support_labels, masks, aug, spec, bs, data.seed)
+        factory = augmented_batches(
+            raw,
+            data.support_labels,
+            masks,
+            aug,
+            spec,
+            bs,
+            data.seed,
+            None if targets is None else targets.cpu(),
+        )
         log: list[LossTerms] = []
 
         def loss_fn(_wrapped: Any, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, LossTerms]:
             # ``model`` itself, not Fabric's wrapper: no Fabric autocast around the forward (as always).
-            terms = self.loss(model(batch["images"], batch["labels"], batch.get("masks")), batch["labels"])
+            out = model(
+                batch["images"], batch["labels"], batch.get("masks"), attr_targets=batch.get("attr_targets")
+            )
+            terms = self.loss(out, batch["labels"])
             log.append({k: v.detach() for k, v in terms.items()})
             return terms["total"], terms
 
@@ -335,6 +335,26 @@ class HiCA(ImageMethod):
         enc = copy.deepcopy(self.model.encoder) if clone else self.model.encoder
         enc.text_proj.load_state_dict(self.model.text.proj.state_dict())
         return enc
+
+    # -- attributes -----------------------------------------------------------------------------------------
+    def attribute_posteriors(
+        self, images: torch.Tensor, masks: torch.Tensor | None = None, batch_size: int = 64
+    ) -> torch.Tensor:
+        """(N, V) attribute-value posteriors (vocabulary: ``self.model.text.vocab``) of preprocessed images,
+        as the attribute level was trained (``hica.model.attributes.image_value_posteriors``): ROIs from
+        ``masks`` (N, H, W) in the images' geometry (for scoring only) or proposed (no mask read)."""
+        if self.model is None:
+            raise HicaError(f"method {self.name}: fit it before asking for attribute posteriors")
+        return model_value_posteriors(
+            self.model,
+            images,
+            self.config.temperature,
+            self.config.roi_top_fraction,
+            self._device,
+            self._precision,
+            masks,
+            batch_size,
+        )
 
     # -- predict --------------------------------------------------------------------------------------------
     def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:

@@ -10,6 +10,12 @@ validation shots by log-loss alone from ``TEMPERATURES`` (ties → the larger T,
 support shots. k is chosen on validation from the odd values ``KS`` that do not exceed the smallest
 number of support shots of a class (so K = 1 gives k = 1): accuracy, balanced accuracy, log-loss, then the
 smaller k.
+
+**Without validation shots** (the realistic protocol) the declared ``fixed_temperature`` (default 0.05, the
+geometric middle of ``TEMPERATURES``; neither paper has a temperature: SimpleShot predicts the nearest
+centroid) and ``fixed_k`` (default 1: the search above allows only k = 1 whenever a class has a single shot,
+which imbalanced episodes often have) are used; ``selected`` adds ``fixed: [...]``. A null value refuses
+such episodes.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ from sklearn.neighbors import KNeighborsClassifier
 from hica.methods.base import FewShotData, Method, register_method
 from hica.methods.checks import need_shots
 from hica.methods.selection import select, single_threaded, val_score
-from hica.methods.settings import MethodSettings, PositiveGrid, PositiveIntGrid
+from hica.methods.settings import MethodSettings, PositiveFloat, PositiveGrid, PositiveInt, PositiveIntGrid
 
 TEMPERATURES = (0.2, 0.1, 0.05, 0.02, 0.01)  # softest first: ties go to the softer model
 KS = (1, 3, 5, 7, 9, 11, 13, 15)
@@ -32,11 +38,12 @@ KS = (1, 3, 5, 7, 9, 11, 13, 15)
 
 @register_method("prototype")
 class Prototype(Method):
-    """Nearest class mean under cosine similarity; hparam: ``temperatures`` (given ascending, tried softest
-    first)."""
+    """Nearest class mean under cosine similarity; hparams: ``temperatures`` (given ascending, tried softest
+    first), ``fixed_temperature`` (used without validation shots)."""
 
     class Settings(MethodSettings):
         temperatures: PositiveGrid = tuple(sorted(TEMPERATURES))
+        fixed_temperature: PositiveFloat | None = 0.05
 
     def __init__(self, **hparams: Any) -> None:
         super().__init__(**hparams)
@@ -47,6 +54,11 @@ class Prototype(Method):
         need_shots(data, self.name)
         means = torch.stack([data.support[data.support_labels == c].mean(0) for c in range(data.num_classes)])
         self.protos = F.normalize(means, dim=-1)
+        fixed = self.fixed_value(len(data.val_labels), "fixed_temperature", "the temperature")
+        if fixed is not None:
+            self.t = fixed
+            self.selected = {"temperature": fixed, "fixed": ["fixed_temperature"]}
+            return self
         self.t, s = select(
             self.hparams["temperatures"],
             lambda t: val_score(self._proba(data.val, t), data.val_labels),
@@ -64,10 +76,12 @@ class Prototype(Method):
 
 @register_method("knn")
 class KNN(Method):
-    """Cosine k-NN with distance-weighted votes; hparam: ``ks`` (candidate k, odd)."""
+    """Cosine k-NN with distance-weighted votes; hparams: ``ks`` (candidate k, odd), ``fixed_k`` (used
+    without validation shots, at most the number of support shots)."""
 
     class Settings(MethodSettings):
         ks: PositiveIntGrid = KS
+        fixed_k: PositiveInt | None = 1
 
     def _fit(self, k: int, x: np.ndarray, y: np.ndarray) -> KNeighborsClassifier:
         knn = KNeighborsClassifier(n_neighbors=k, weights="distance", metric="cosine", algorithm="brute")
@@ -85,6 +99,12 @@ class KNN(Method):
         per_class = int(torch.bincount(data.support_labels, minlength=self.c).min())
         ks = [k for k in self.hparams["ks"] if 1 <= k <= per_class] or [1]
         x, y = data.support.double().numpy(), data.support_labels.numpy()
+        fixed = self.fixed_value(len(data.val_labels), "fixed_k", "k")
+        if fixed is not None:
+            k = min(fixed, len(y))
+            self.knn = self._fit(k, x, y)
+            self.selected = {"k": k, "fixed": ["fixed_k"]}
+            return self
         fits = {k: self._fit(k, x, y) for k in ks}
         k, s = select(ks, lambda k: val_score(self._proba(fits[k], data.val), data.val_labels))
         self.knn = fits[k]

@@ -57,6 +57,16 @@ PositiveIntGrid = Annotated[list[PositiveInt], MinLen(1), AfterValidator(_ascend
 PositiveList = Annotated[list[PositiveFloat], AfterValidator(_ascending)]  # ascending, may be empty
 
 
+FIXED_PREFIX = "fixed_"  # settings named fixed_<x>: the value used when an episode has no validation shots
+
+
+def fixed_settings(model: type[BaseModel]) -> list[str]:
+    """The settings of ``model`` named ``fixed_*``: by convention the values a method uses instead of choosing
+    on validation shots when an episode has none (the realistic protocol; ``Configurable.fixed_value``).
+    Each accepts None (no fixed value declared: such an episode is an error naming the setting)."""
+    return [k for k in model.model_fields if k.startswith(FIXED_PREFIX)]
+
+
 class MethodSettings(BaseModel):
     """Base of every method's settings: unknown keys are errors, floats are finite, defaults validated."""
 

@@ -30,6 +30,14 @@ epoch; here 20 epochs see each of the 10 cached views twice; the plain features 
 1e-3, eps 1e-4, default weight decay), batch 256 shuffled by ``data.seed``, cosine schedule over epochs ×
 batches, 20 epochs (configs: ``lr``, ``train_epoch``; EuroSAT 100). The official code keeps the epoch with the
 best *test* accuracy; here the last epoch is kept. α, β are then searched again with the trained keys.
+
+**Without validation shots** (the realistic protocol) there is no search: α = ``fixed_alpha``, β =
+``fixed_beta`` (defaults 1 and 1: the official code's path without search, ``search_hp: False``, uses
+``init_alpha`` / ``init_beta``, and ``init_beta`` is 1 in every official config, ``init_alpha`` 1.17-10 per
+dataset; the realistic-protocol paper's code, github.com/jusiro/SS-Text ``TIPAd``, fixes both at 1).
+Tip-Adapter-F trains at ``init_alpha`` / ``init_beta`` as always and predicts at the fixed values.
+``selected``: ``alpha``, ``beta``, ``keys`` and ``fixed: ["fixed_alpha", "fixed_beta"]``; a null value
+refuses such episodes.
 """
 
 from __future__ import annotations
@@ -131,7 +139,7 @@ def search_alpha_beta(
 class TipAdapter(Method):
     """Training-free cache model on top of zero-shot logits; settings: ``views`` (augmented views averaged
     into each key), the search lists (``beta_max``/``beta_steps``, ``alpha_max``/``alpha_steps``, or
-    explicit ``betas``/``alphas``)."""
+    explicit ``betas``/``alphas``), ``fixed_alpha``/``fixed_beta`` (used without validation shots)."""
 
     uses_text = True
 
@@ -145,6 +153,8 @@ class TipAdapter(Method):
         alpha_above: PositiveList = [100.0, 300.0, 1000.0, 3000.0, 10000.0]
         betas: PositiveGrid | None = None
         alphas: NonNegativeGrid | None = None
+        fixed_alpha: NonNegativeFloat | None = 1.0
+        fixed_beta: PositiveFloat | None = 1.0
 
         @model_validator(mode="after")
         def _tails_outside(self) -> TipAdapter.Settings:
@@ -204,6 +214,14 @@ class TipAdapter(Method):
 
     @torch.no_grad()
     def _search(self, data: FewShotData) -> None:
+        n_val = len(data.val_labels)
+        alpha = self.fixed_value(n_val, "fixed_alpha", "alpha")
+        beta = self.fixed_value(n_val, "fixed_beta", "beta")
+        if alpha is not None and beta is not None:
+            self.alpha, self.beta = alpha, beta
+            fixed = ["fixed_alpha", "fixed_beta"]
+            self.selected = {"alpha": self.alpha, "beta": self.beta, "keys": self.key_source, "fixed": fixed}
+            return
         zs = text_logits(data.val, self.text.class_emb, self.text.logit_scale)
         betas, alphas = self.grids()
         b, a, s = search_alpha_beta(data.val @ self.keys.T, zs, self.values, data.val_labels, betas, alphas)

@@ -10,7 +10,7 @@ The RNG is torch's global generator, so a seeded (and checkpoint-restored) run d
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Literal
 
 import torch
@@ -18,6 +18,7 @@ from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
 
 from hica.errors import HicaError
+from hica.model.imagedata import InputSpec
 
 Modality = Literal["xray", "ultrasound", "generic"]
 MODALITIES = ("xray", "ultrasound", "generic")
@@ -110,3 +111,48 @@ def training_augment(
         return out.as_subclass(torch.Tensor), m.as_subclass(torch.Tensor)
 
     return aug
+
+
+def augmented_batches(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor | None,
+    aug: Callable[..., tuple[torch.Tensor, torch.Tensor | None]],
+    spec: InputSpec,
+    batch_size: int,
+    seed: int,
+    attr_targets: torch.Tensor | None = None,
+) -> Callable[[int, int, int], Iterator[dict[str, torch.Tensor]]]:
+    """The engine's data factory: each epoch, a seeded permutation of the [0, 1] ``images`` in batches of
+    augmented, normalised images (``images``, ``labels``, and ``masks`` augmented alongside when given;
+    ``attr_targets`` (N, G) rows of the batch's images when given)."""
+    n = len(images)
+
+    def factory(epoch: int, rank: int, world: int) -> Iterator[dict[str, torch.Tensor]]:
+        g = torch.Generator().manual_seed(seed * 7919 + epoch)
+        order = torch.randperm(n, generator=g)[rank::world]
+        for b in range(max(1, len(order) // batch_size)):
+            idx = order[b * batch_size : (b + 1) * batch_size]
+            xs, ms = [], []
+            for i in idx.tolist():
+                x, m = aug(images[i], masks[i] if masks is not None else None)
+                xs.append(spec.normalize(x))
+                ms.append(m)
+            batch = {"images": torch.stack(xs), "labels": labels[idx]}
+            if masks is not None:
+                batch["masks"] = torch.stack(ms)
+            if attr_targets is not None:
+                batch["attr_targets"] = attr_targets[idx]
+            yield batch
+
+    return factory
+
+
+def modality_of(text: str) -> str:
+    """Augmentation family from a descriptor file's free-text ``modality``."""
+    t = text.lower()
+    if "ultrasound" in t or "sonograph" in t:
+        return "ultrasound"
+    if "x-ray" in t or "xray" in t or "radiograph" in t:
+        return "xray"
+    return "generic"

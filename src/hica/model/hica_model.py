@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hica.errors import HicaError
+from hica.model.attributes import AttributeVocab
 from hica.model.freeze import freeze_bn
 from hica.model.roi import masks_to_token_weights, proposal_roi
 from hica.model.text import pooled_sentences
@@ -43,16 +44,22 @@ class TextHead(nn.Module):
             )
         prompts = [descriptors.class_prompts(c, "ensemble") for c in classes]
         attrs = [descriptors.attribute_prompts(c) for c in classes]
-        flat = [p for ps in prompts for p in ps] + [a for as_ in attrs for a in as_]
+        self.vocab = AttributeVocab.of(descriptors, classes)
+        flat = [p for ps in prompts for p in ps] + [a for as_ in attrs for a in as_] + self.vocab.phrases
         with torch.no_grad():
             pooled = torch.cat(
                 [pooled_sentences(encoder, flat[i : i + 64]).float() for i in range(0, len(flat), 64)]
             ).cpu()
         n_p = sum(len(p) for p in prompts)
+        n_a = n_p + sum(len(a) for a in attrs)
         self.register_buffer("prompt_pooled", pooled[:n_p])
         self.register_buffer("prompt_labels", torch.tensor([c for c, ps in enumerate(prompts) for _ in ps]))
-        self.register_buffer("attr_pooled", pooled[n_p:])
+        self.register_buffer("attr_pooled", pooled[n_p:n_a])
         self.register_buffer("attr_labels", torch.tensor([c for c, as_ in enumerate(attrs) for _ in as_]))
+        self.register_buffer("value_pooled", pooled[n_a:])
+        self.register_buffer("value_of_phrase", torch.tensor(self.vocab.phrase_value, dtype=torch.long))
+        self.register_buffer("value_groups", torch.tensor(self.vocab.value_group, dtype=torch.long))
+        self.register_buffer("class_values", self.vocab.class_values)
         self.proj = copy.deepcopy(encoder.text_proj)
         self.num_classes = len(classes)
         self.attr_texts = [a for as_ in attrs for a in as_]
@@ -64,6 +71,16 @@ class TextHead(nn.Module):
     def bank(self) -> torch.Tensor:
         """(A, D) normalised embeddings of every attribute phrase."""
         return F.normalize(self.proj(self.attr_pooled), dim=-1)
+
+    def values(self) -> torch.Tensor:
+        """(V, D) normalised embedding of every per-image attribute value (mean of its phrases); (0, D)
+        when the descriptor file has no ``attribute_values``."""
+        if self.value_pooled.shape[0] == 0:
+            return self.prompt_pooled.new_zeros(0, self.proj(self.prompt_pooled[:1]).shape[-1])
+        p = F.normalize(self.proj(self.value_pooled), dim=-1)
+        sums = torch.zeros(len(self.vocab.values), p.shape[1], device=p.device, dtype=p.dtype)
+        sums.index_add_(0, self.value_of_phrase, p)
+        return F.normalize(sums, dim=-1)
 
     def class_protos(self, prompts: torch.Tensor | None = None) -> torch.Tensor:
         """(C, D) class-text prototypes: the normalised sum of each class's description embeddings."""
@@ -82,7 +99,12 @@ class HiCAOutput:
     class-text prototypes. ``bank`` (A, D) with ``bank_labels`` (A,): the attribute phrases and their class.
     ``roi`` (B, N): token weights in [0, 1] (None when no term needs one). ``positives`` (B, P, D) with
     ``positive_mask`` (B, P): each image's positive phrases for ``L_local`` (None: every bank phrase of the
-    image's class).
+    image's class). The per-image attribute level (:class:`hica.model.attributes.AttributeVocab`): ``values``
+    (V, D) value embeddings with ``value_groups`` (V,), ``attr_targets`` (B, G) each image's measured value
+    per group (-1: unknown or not measured; None: no per-image attributes), ``class_values`` (C, V) the
+    values each class's profile allows, ``presence_group`` the index of the lesion-presence group (-1: none),
+    ``value_log_prior`` (V,) log frequency of each value within its group on the support set (None: no
+    logit adjustment).
     """
 
     image_global: torch.Tensor
@@ -94,6 +116,12 @@ class HiCAOutput:
     roi: torch.Tensor | None = None
     positives: torch.Tensor | None = None
     positive_mask: torch.Tensor | None = None
+    values: torch.Tensor | None = None
+    value_groups: torch.Tensor | None = None
+    attr_targets: torch.Tensor | None = None
+    class_values: torch.Tensor | None = None
+    presence_group: int = -1
+    value_log_prior: torch.Tensor | None = None
 
 
 class HiCAModel(nn.Module):
@@ -112,6 +140,7 @@ class HiCAModel(nn.Module):
         self.text = text
         self.propose_roi = propose_roi
         self.roi_top_fraction = roi_top_fraction
+        self.value_log_prior: torch.Tensor | None = None  # set by the method for logit-adjusted attributes
 
     def train(self, mode: bool = True) -> HiCAModel:
         """Train mode with the encoder's BatchNorm statistics frozen (a few images cannot estimate them)."""
@@ -126,13 +155,14 @@ class HiCAModel(nn.Module):
         labels: torch.Tensor,
         masks: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        attr_targets: torch.Tensor | None = None,
     ) -> HiCAOutput:
         """Encode ``images`` (B, 3, H, W) of classes ``labels`` (B,); ``masks`` (B, H, W) lesion masks in the
         images' geometry (None: ROIs are proposed). ``generator`` draws the sampled descriptions (None:
-        torch's global generator)."""
+        torch's global generator); ``attr_targets`` (B, G): the images' measured attribute values."""
         f = self.encoder.encode_image(images)
         roi = masks_to_token_weights(masks, f.grid).to(f.local.device) if masks is not None else None
-        return self.align(f.global_, f.local, f.grid, labels, roi, generator)
+        return self.align(f.global_, f.local, f.grid, labels, roi, generator, attr_targets)
 
     def align(
         self,
@@ -142,9 +172,11 @@ class HiCAModel(nn.Module):
         labels: torch.Tensor,
         roi: torch.Tensor | None = None,
         generator: torch.Generator | None = None,
+        attr_targets: torch.Tensor | None = None,
     ) -> HiCAOutput:
         """The output for images already encoded: global embeddings (B, D), local tokens (B, N, D) on
-        ``grid``, ROI token weights (B, N) or None (proposed when ``propose_roi``)."""
+        ``grid``, ROI token weights (B, N) or None (proposed when ``propose_roi``), measured attribute
+        values ``attr_targets`` (B, G) or None."""
         text = self.text
         prompts = text.prompts()
         # One class description per image, drawn from its class's prompts (the hierarchy's category level).
@@ -168,4 +200,10 @@ class HiCAModel(nn.Module):
             bank=bank,
             bank_labels=text.attr_labels,
             roi=roi,
+            values=text.values(),
+            value_groups=text.value_groups,
+            attr_targets=attr_targets,
+            class_values=text.class_values,
+            presence_group=text.vocab.presence_group,
+            value_log_prior=self.value_log_prior,
         )

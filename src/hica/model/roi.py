@@ -93,3 +93,13 @@ def proposal_roi(
         k = max(1, math.ceil(top_fraction * n))
         keep = torch.zeros_like(s, dtype=torch.bool).scatter_(1, s.topk(k, dim=-1).indices, True)
         return torch.where(keep, s, torch.zeros_like(s))
+
+
+def pool_tokens(tokens: torch.Tensor, weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weighted mean of L2-normalised ``tokens`` (B, N, D) with ``weights`` (B, N), L2-normalised.
+
+    Returns ``(pooled (B, D), mass (B,))``; rows with mass ≈ 0 are zeros."""
+    z = F.normalize(tokens, dim=-1)
+    mass = weights.sum(-1)
+    pooled = (weights[..., None] * z).sum(1) / mass.clamp_min(1e-6)[:, None]
+    return F.normalize(pooled, dim=-1), mass

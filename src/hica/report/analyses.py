@@ -26,8 +26,9 @@ TITLES = {
 # Figures an analysis writes itself, with their captions.
 OWN_FIGURES = {
     "gallery.png": "Heatmap gallery: test images with the lesion mask outlined (green), then HiCA's "
-    "region–text map of the true class, Grad-CAM of HiCA, Grad-CAM of the fine-tuned baseline and the "
-    "centre prior (colour: map value, min–max scaled per image; ×: the map's maximum).",
+    "region–text map of the true class and its Grad-CAM, the same two for global-only HiCA (when the "
+    "analysis fitted it), Grad-CAM of the fine-tuned baseline and the centre prior (colour: map value, "
+    "min–max scaled per image; ×: the map's maximum).",
 }
 
 

@@ -159,8 +159,14 @@ def write_outputs(
             if getattr(cfg, "eval_split", "test") == "val"
             else "test split only for reporting.\n"
         ),
-        markdown_tables(summary, METRICS, method_order=cfg.methods),
     ]
+    if getattr(cfg, "protocol", "standard") == "realistic":
+        md.append(
+            "Protocol: **realistic** (arXiv 2506.17500): each episode has K × classes support images drawn "
+            "to the train split's class prior (at least one per class) and no validation set; every method "
+            "runs on its declared fixed settings (`selected.fixed`; docs/baselines.md).\n"
+        )
+    md.append(markdown_tables(summary, METRICS, method_order=cfg.methods))
     edges = edge_table(records, cfg.methods)
     if edges:
         md.append(edges)

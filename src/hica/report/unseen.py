@@ -25,13 +25,9 @@ from hica.eval.stats import (
     seed_stat,
     versus_chance,
 )
+from hica.report.unseen_attributes import attribute_lines, group_key
 
 MODE = "ensemble"  # the prompt ensemble of `hica predict --zero-shot --descriptors`
-
-
-def group_key(group: list[str]) -> str:
-    """The name of a held-out group of classes: its class names joined by ``+``."""
-    return "+".join(group)
 
 
 # -- aggregation --------------------------------------------------------------------------------------------
@@ -183,6 +179,22 @@ def _cell(stat: dict[str, Any]) -> str:
     return f"{v} [{lo:.2f}, {hi:.2f}]{MARK.get(stat.get('vs_chance', ABOVE), '')}"
 
 
+def _rule(res: dict[str, Any]) -> str:
+    if res["config"].get("zero_shot") == "attributes":
+        return (
+            "each class is **composed from its attribute profile** in the descriptor file (`profile`, "
+            "`profile_match`; `hica.model.attributes.compose_classes`): the aligned text tower scores every "
+            "attribute value of an image (presence on the whole image, the lesion groups on a proposed ROI), "
+            "and a class's probability is P(presence) × the product (`all`) or noisy-OR (`any`) of its "
+            "groups' probabilities; h's profile values are phrases like any other, h's images were never seen"
+        )
+    return (
+        f"each class's prototype is the aligned text tower on its descriptor prompts ({res['prompt_mode']} "
+        "mode; h's prompts were never trained on), the code path of `hica predict --zero-shot "
+        "--descriptors` on the exported checkpoint"
+    )
+
+
 def render_table(res: dict[str, Any]) -> str:
     """The Markdown report of ``run_unseen``'s results."""
     classes, ch = res["classes"], res["chance"]
@@ -212,9 +224,7 @@ def render_table(res: dict[str, Any]) -> str:
         "and every support and validation shot of h is dropped: HiCA stage 2 (`hica_args` "
         f"`{json.dumps(res['config']['hica_args'])}`) aligns the encoder on the seen classes only and never "
         f"reads an image, mask or label of h. The {res['split']} images are then classified over all "
-        f"{n_cls} classes zero-shot: each class's prototype is the aligned text tower on its descriptor "
-        f"prompts ({res['prompt_mode']} mode; h's prompts were never trained on), the code path of "
-        "`hica predict --zero-shot --descriptors` on the exported checkpoint. Cells are mean ± std over "
+        f"{n_cls} classes zero-shot: {_rule(res)}. Cells are mean ± std over "
         f"seeds with the 95% bootstrap CI of the seed mean ({res['bootstrap']} resamples of the evaluation "
         "images) in brackets.",
         "",
@@ -297,6 +307,8 @@ def render_table(res: dict[str, Any]) -> str:
             f"| {s['before_alignment_zero_shot_accuracy']:.3f} | {ms(s['aligned_zero_shot_accuracy'])} "
             f"| {ms(s['hica_fewshot_accuracy'])} | {ms(s['hica_fewshot_balanced_accuracy'])} |"
         )
+    if res.get("attribute_accuracy"):
+        lines += attribute_lines(res["attribute_accuracy"])
     lines += ["", "## Confusion matrices (rows: true class, columns: predicted; summed over seeds)", ""]
     mats = [("Before alignment (one run)", res["before_alignment"]["confusion"])]
     mats += [(f"Held out {key}", h["confusion_sum"]) for key, h in res["holdouts"].items()]

@@ -72,6 +72,15 @@ class ClassSpec(BaseModel):
     synonyms: list[Text] = Field(default_factory=list)
     description: list[Text] = Field(min_length=1)
     attributes: dict[Key, Annotated[list[Text], Field(min_length=1)]] = Field(min_length=1)
+    #: The class in terms of per-image attribute values: group -> the values a typical case has
+    #: (any of them); groups and values must be in the file's ``attribute_values``.
+    profile: dict[Key, Annotated[list[Text], Field(min_length=1)]] = Field(default_factory=dict)
+    #: How the profile's groups combine: ``all`` (every group must show one of its values) or ``any``
+    #: (one group showing one of its values is enough; e.g. a single suspicious feature of a mass).
+    profile_match: Literal["all", "any"] = "all"
+
+
+Phrases = Annotated[list[Text], Field(min_length=1)]
 
 
 class DescriptorFile(BaseModel):
@@ -85,7 +94,29 @@ class DescriptorFile(BaseModel):
     templates: list[Template] = Field(min_length=1)
     attribute_template: Template | None = None
     classes: dict[Key, ClassSpec] = Field(min_length=1)
+    #: Per-image attribute vocabulary: group -> value -> phrases (each a noun phrase for
+    #: ``attribute_template``); the values a measurement can give an image (``hica.data.attributes``).
+    attribute_values: dict[Key, Annotated[dict[Text, Phrases], Field(min_length=2)]] = Field(
+        default_factory=dict
+    )
     references: list[Text] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _profiles(self) -> DescriptorFile:
+        for k, c in self.classes.items():
+            for group, values in c.profile.items():
+                if group not in self.attribute_values:
+                    raise ValueError(
+                        f"classes.{k}.profile.{group}: no attribute_values group {group!r} "
+                        f"(groups: {', '.join(self.attribute_values) or 'none'})"
+                    )
+                bad = [v for v in values if v not in self.attribute_values[group]]
+                if bad:
+                    raise ValueError(
+                        f"classes.{k}.profile.{group}: values {bad} are not among attribute_values.{group} "
+                        f"({', '.join(self.attribute_values[group])})"
+                    )
+        return self
 
     @model_validator(mode="after")
     def _shared_phrases(self) -> DescriptorFile:
@@ -175,6 +206,19 @@ class Descriptors:
         if mode == "descriptions":
             return _dedupe(c.description)
         return _dedupe([*names, *c.description, *self.attribute_prompts(cls)])
+
+    @property
+    def attribute_values(self) -> dict[str, dict[str, list[str]]]:
+        """Per-image attribute vocabulary: group -> value -> phrases (a copy; empty without one)."""
+        return {g: {v: list(p) for v, p in vals.items()} for g, vals in self.spec.attribute_values.items()}
+
+    def profile(self, cls: str) -> dict[str, list[str]]:
+        """``cls`` as attribute values: group -> the values a typical case has (empty when not given)."""
+        return {g: list(v) for g, v in self._cls(cls).profile.items()}
+
+    def profile_match(self, cls: str) -> str:
+        """How ``cls``'s profile groups combine: ``all`` or ``any``."""
+        return self._cls(cls).profile_match
 
     def all_attribute_phrases(self) -> list[tuple[str, str, str]]:
         """(class, group, phrase) for every attribute phrase, in file order."""
