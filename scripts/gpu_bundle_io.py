@@ -40,12 +40,10 @@ QUANT_SUFFIX = ".__scale"  # int8 tensors carry a per-row fp16 scale under "<nam
 
 # -- integrity -----------------------------------------------------------------------------------------------
 def sha256(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
+    """Hex sha256 of a file (``hica.integrity``: standard library only, safe before the bundle is checked)."""
+    from hica.integrity import sha256_file
+
+    return sha256_file(path)
 
 
 def write_manifest(part: Path, meta: dict[str, Any]) -> dict[str, Any]:

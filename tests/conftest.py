@@ -126,3 +126,18 @@ def write_split_csv(path: Path, rows: list[dict[str, str]]) -> Path:
         w.writeheader()
         w.writerows(rows)
     return path
+
+
+@pytest.fixture(scope="session")
+def real(data_root: Path) -> Callable[[str], object]:
+    """Loader of builtin datasets from the real data root, each loaded once per session."""
+    from hica.data.catalog import load_dataset
+
+    loaded: dict[str, object] = {}
+
+    def get(name: str) -> object:
+        if name not in loaded:
+            loaded[name] = load_dataset(name, data_root)
+        return loaded[name]
+
+    return get

@@ -115,19 +115,6 @@ def xray_dataset(path: Path, **opts) -> Dataset:
     return load_dataset(f"imagefolder:{path}", class_map=CXR_MAP, **opts)
 
 
-@pytest.fixture(scope="module")
-def real(data_root: Path):
-    """Loader of builtin datasets from the real data root, each loaded once per module."""
-    loaded: dict[str, Dataset] = {}
-
-    def get(name: str) -> Dataset:
-        if name not in loaded:
-            loaded[name] = load_dataset(name, data_root)
-        return loaded[name]
-
-    return get
-
-
 # -- builtin datasets on the real data ------------------------------------------------------------------
 
 

@@ -15,7 +15,6 @@ import torch.nn.functional as F
 from needs import missing_data
 
 from hica.config import load_config, validate_config
-from hica.data.catalog import load_dataset
 from hica.data.episodes import realistic_counts, sample_episode
 from hica.data.sample import Dataset
 from hica.errors import HicaError
@@ -57,18 +56,6 @@ def test_realistic_counts_refuse_impossible_requests() -> None:
         realistic_counts(np.array([5, 5, 5]), 2)
     with pytest.raises(HicaError, match="positive"):
         realistic_counts(np.array([5, 0]), 4)
-
-
-@pytest.fixture(scope="module")
-def real(data_root: Path):
-    loaded: dict[str, Dataset] = {}
-
-    def get(name: str) -> Dataset:
-        if name not in loaded:
-            loaded[name] = load_dataset(name, data_root)
-        return loaded[name]
-
-    return get
 
 
 @pytest.mark.parametrize("name", ["busi", "chest_xray"])

@@ -75,6 +75,8 @@ def section(
     figdir = out / "figures"
     slug = re.sub(r"[^\w-]+", "_", f"{a.kind}_{a.data.get('name', a.dir.name)}").strip("_")
     title = TITLES.get(a.kind, a.kind)
+    if a.kind == "unseen" and (a.data.get("config") or {}).get("zero_shot") == "attributes":
+        title = "Unseen categories (zero-shot, composed from attribute profiles)"
     what = a.data.get("dataset")
     md = [f"## {title}{f': {what}' if what else ''}\n", f"From `{a.dir}` (`hica analyze {a.kind}`).\n"]
     figs: list[Path] = []
