@@ -93,12 +93,16 @@ def main() -> None:
                 }
                 b = {sd: v[name] for (mm, kk, sd), v in s.items() if mm == m and kk == k and name in v}
                 d = paired_difference(a, b)
+                if d["n"] == 0:  # this variant was not run at this K
+                    break
                 row[name] = d
                 n = d["n"]
                 txt = (
                     f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] ({d['wins']}/{d['losses']})"
                 )
                 cells.append(f"**{txt}**" if d["sign"] != "CI holds 0" else txt)
+            if n == 0 or len(cells) < len(names):
+                continue
             result["comparisons"].append(row)
             lines.append(f"| {k} | `{m}` ({WHAT.get(m, m)}) | {n} | " + " | ".join(cells) + " |")
     write_json(args.out.with_suffix(".json"), result)

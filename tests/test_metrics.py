@@ -79,3 +79,18 @@ def test_mean_std() -> None:
     assert mean_std([0.5]) == (0.5, 0.0)
     mu, sd = mean_std([float("nan")])
     assert math.isnan(mu) and math.isnan(sd)
+
+
+def test_paired_difference_over_episodes() -> None:
+    from hica.eval.stats import paired_difference
+
+    a = {1: 0.70, 2: 0.60, 3: 0.65, 4: float("nan")}
+    b = {1: 0.60, 2: 0.55, 3: 0.60, 5: 0.9}  # episode 5 is unpaired, episode 4's NaN is left out
+    d = paired_difference(a, b, n_boot=2000)
+    assert d["n"] == 3 and d["mean"] == pytest.approx((0.10 + 0.05 + 0.05) / 3, abs=1e-4)
+    assert d["wins"] == 3 and d["losses"] == 0 and d["sign"] == "above 0"
+    assert d["ci95"][0] == pytest.approx(0.05, abs=1e-4) and d["ci95"][1] == pytest.approx(0.10, abs=1e-4)
+    assert d["per_episode"] == {"1": 0.1, "2": 0.05, "3": 0.05}
+    same = paired_difference({1: 0.5, 2: 0.7}, {1: 0.6, 2: 0.6})
+    assert same["sign"] == "CI holds 0" and same["mean"] == pytest.approx(0.0, abs=1e-9)
+    assert paired_difference({}, {1: 0.5})["sign"] == "no paired episodes"
