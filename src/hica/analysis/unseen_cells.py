@@ -66,10 +66,10 @@ def composed_probs(model: Any, inp: UnseenInputs, cfg: UnseenConfig) -> tuple[np
     classifier's own proposed ROIs and, for scoring only, with the lesion masks as ROIs; ``model`` a
     ``HiCAModel`` (aligned or not)."""
     from hica.methods.hica import HiCA
-    from hica.model.attributes import AttributeVocab, compose_classes, model_value_posteriors
+    from hica.model.attributes import compose_classes, model_value_posteriors
 
     hp = HiCA(**cfg.hica_args).hparams
-    vocab = AttributeVocab.of(inp.desc, inp.ds.classes)  # every class's profile, the held-out ones included
+    vocab = inp.vocab
     args = (hp["temperature"], hp["roi_top_fraction"], inp.device, inp.precision)
     post = model_value_posteriors(model, inp.images, *args)
     groups = torch.tensor(vocab.value_group)
@@ -87,10 +87,7 @@ def attribute_accuracy(post: np.ndarray, inp: UnseenInputs) -> dict[str, Any]:
     from the evaluation images' masks (read for scoring only), over the images where one was measured."""
     from sklearn.metrics import balanced_accuracy_score
 
-    from hica.model.attributes import AttributeVocab
-
-    vocab = AttributeVocab.of(inp.desc, inp.ds.classes)
-    targets = vocab.targets(inp.eval_attributes).numpy()
+    vocab, targets = inp.vocab, inp.eval_targets
     groups = np.array(vocab.value_group)
     out: dict[str, Any] = {}
     for g, name in enumerate(vocab.groups):
@@ -149,16 +146,20 @@ class UnseenInputs:
         return store.masks.float()
 
     @functools.cached_property
-    def eval_attributes(self) -> list[dict[str, str]]:
-        """The evaluation images' attribute values measured from their masks: for *scoring* the attribute
-        level only; no classifier reads them."""
-        from hica.data.attributes import AttributeThresholds, image_values, measure_split, no_lesion_classes
+    def vocab(self) -> Any:
+        """The descriptor file's ``AttributeVocab`` over every class (held-out ones included)."""
+        from hica.model.attributes import AttributeVocab
 
-        classes = list(self.ds.classes)
-        res = measure_split(
-            self.samples, classes, AttributeThresholds(), no_lesion_classes(self.desc, classes)
-        )
-        return [image_values(r) for r in res.results]
+        return AttributeVocab.of(self.desc, self.ds.classes)
+
+    @functools.cached_property
+    def eval_targets(self) -> np.ndarray:
+        """(N, G) the evaluation images' attribute values measured from their masks, as vocabulary indices
+        (-1: none): for *scoring* the attribute level only; no classifier reads them."""
+        from hica.eval.protocol import support_attributes
+
+        measured = support_attributes(self.samples, list(self.ds.classes), self.desc)
+        return self.vocab.targets(measured).numpy()
 
 
 def eval_samples(ds: Any, split: str, episodes: list[Any], max_images: int | None) -> list[Any]:

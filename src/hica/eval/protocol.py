@@ -92,8 +92,9 @@ def image_episode(
 
 
 def support_attributes(sup: list[Sample], classes: list[str], descriptors: Any) -> list[dict[str, str]]:
-    """Each support image's BI-RADS attribute values, measured from its own mask and pixels with the
-    bundled thresholds (``AttributeThresholds``, fitted on BUSI train; never on labels or test data)."""
+    """Each image's BI-RADS attribute values, measured from its own mask and pixels with the bundled
+    thresholds (``AttributeThresholds``, fitted on BUSI train; never on labels or test data). A few-shot run
+    passes its support images only; ``hica analyze unseen`` also its evaluation images, to score with."""
     from hica.data.attributes import AttributeThresholds, image_values, measure_split, no_lesion_classes
 
     measured = measure_split(sup, classes, AttributeThresholds(), no_lesion_classes(descriptors, classes))
