@@ -47,6 +47,19 @@ class EncoderConfig(StrictConfig):
         return self
 
 
+class TextHeadConfig(StrictConfig):
+    """Which text head the text-using feature methods score with (``hica.methods.text_head``).
+
+    ``encoder``: the encoder's own (the default encoder's is untrained). ``support``: a copy trained on each
+    episode's support features as HiCA's head phase trains its own (L_global; ``steps``, ``lr`` and
+    ``temperature`` default to HiCA's ``head_steps``, ``head_lr`` and ``temperature``)."""
+
+    source: Literal["encoder", "support"] = "encoder"
+    steps: int = Field(100, ge=1)
+    lr: float = Field(1e-2, gt=0)
+    temperature: float = Field(0.07, gt=0)
+
+
 class BenchmarkConfig(StrictConfig):
     """A benchmark grid: datasets × K × seeds × methods on one encoder."""
 
@@ -76,6 +89,8 @@ class BenchmarkConfig(StrictConfig):
     # set: every method runs on its declared fixed settings (docs/baselines.md, "The realistic protocol").
     # Part of the config hash and of each episode when realistic.
     protocol: Literal["standard", "realistic"] = "standard"
+    # The text head of the text-using feature methods; part of the config hash unless it is the encoder's.
+    text_head: TextHeadConfig = Field(default_factory=TextHeadConfig)
 
     @field_validator("shots")
     @classmethod
@@ -132,6 +147,13 @@ class BenchmarkConfig(StrictConfig):
             raise ValueError("seeds must not be empty")
         if self.protocol == "realistic":
             self._check_realistic(known)
+        zero = [m for m in self.methods if getattr(known[m], "zero_shot", False)]
+        if self.text_head.source == "support" and zero:
+            raise ValueError(
+                f"text_head source 'support' trains the text head on each episode's support set, but "
+                f"{zero} read no labelled image (zero-shot); drop them from methods or use text_head source "
+                "'encoder'"
+            )
         return self
 
     def _check_realistic(self, known: dict[str, Any]) -> None:

@@ -34,6 +34,7 @@ from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
 from hica.io import out_lock, write_json
 from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
 from hica.methods.settings import fixed_settings
+from hica.methods.text_head import EpisodeText
 from hica.runtime import fit_threads, reproducible, resolve_device, resolve_precision
 
 
@@ -171,6 +172,7 @@ class Benchmark:
         # Where data and features are read from does not change a result: resuming ignores it; nor does the
         # view seed when no method uses augmented views.
         exclude = {"cache_dir", "data_root"} | (set() if any(self.views_needed.values()) else {"view_seed"})
+        exclude |= {"text_head"} if cfg.text_head.source == "encoder" else set()  # hashes stay as before
         standard = cfg.protocol == "standard"  # standard configs keep the hash they had before protocols
         self.scope = cfg.model_dump(mode="json", exclude=exclude | ({"protocol"} if standard else set()))
         # What a part really depends on: each method's complete settings (a default changed by a commit is a
@@ -188,6 +190,7 @@ class Benchmark:
         self.cache = FeatureCache(cfg.cache_dir, batch_size=cfg.batch_size, precision=self.precision)
         self.timings: dict[str, Any] = {}
         self._augments: dict[str, ViewAugment] = {}
+        self.text_heads = EpisodeText(cfg.text_head.model_dump(), cfg.text_mode)
 
     # -- setup ---------------------------------------------------------------------------------------------
     def encoder(self) -> DualEncoder:
@@ -274,7 +277,9 @@ class Benchmark:
             val=normalize_features(val_x),
             val_labels=val_y,
             num_classes=len(st.ds.classes),
-            text=st.text,
+            text=self.text_heads.text(enc, st.ds, st.descriptors, st.text, sup_x, sup_y, seed)
+            if cls.uses_text and ep
+            else st.text,
             seed=seed,
             support_views=views,
         )

@@ -64,16 +64,25 @@ def build_class_text(
             if emb.ndim != 2 or emb.shape[0] != len(batch):
                 raise ValueError(f"encode_text returned shape {tuple(emb.shape)} for {len(batch)} texts")
             chunks.append(emb.detach().to("cpu", torch.float32))
-    raw = torch.cat(chunks)
-    sizes = [len(ps) for ps in prompts]
-    class_norm = torch.stack([r.mean(0).norm() for r in torch.split(raw, sizes)])
-    all_emb = F.normalize(raw, dim=-1)
-    prompt_emb = list(torch.split(all_emb, sizes))
-    class_emb = F.normalize(torch.stack([e.mean(0) for e in prompt_emb]), dim=-1)
     scale = getattr(encoder, "logit_scale", 100.0)
+    scale = float(scale.item() if isinstance(scale, torch.Tensor) else scale)
+    return class_text_from_raw(torch.cat(chunks), [len(ps) for ps in prompts], scale)
+
+
+def class_text_from_raw(raw: torch.Tensor, sizes: Sequence[int], logit_scale: float) -> ClassText:
+    """A ``ClassText`` from the raw (unnormalised) embeddings ``raw`` (P, D) of every prompt, class by class
+    (``sizes``: prompts per class, in order): normalised prompts, their normalised mean per class, and the
+    length of each class's mean raw embedding (``class_norm``)."""
+    raw = raw.detach().to("cpu", torch.float32)
+    if raw.ndim != 2 or raw.shape[0] != sum(sizes) or not sizes or min(sizes) < 1:
+        raise ValueError(f"raw prompt embeddings {tuple(raw.shape)} do not match prompts per class {sizes}")
+    class_norm = torch.stack([r.mean(0).norm() for r in torch.split(raw, list(sizes))])
+    all_emb = F.normalize(raw, dim=-1)
+    prompt_emb = list(torch.split(all_emb, list(sizes)))
+    class_emb = F.normalize(torch.stack([e.mean(0) for e in prompt_emb]), dim=-1)
     return ClassText(
         class_emb=class_emb,
         prompt_emb=[e.clone() for e in prompt_emb],
-        logit_scale=float(scale.item() if isinstance(scale, torch.Tensor) else scale),
+        logit_scale=float(logit_scale),
         class_norm=class_norm,
     )
