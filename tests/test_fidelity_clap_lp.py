@@ -22,7 +22,7 @@ from scipy.linalg import eigh
 from hica.config import validate_config
 from hica.errors import HicaError
 from hica.methods import ClassText, FewShotData, method_registry
-from hica.methods.linear_probe import C_GRID, lpclip_search
+from hica.methods.linear_probe import C_GRID, C_GRID_WIDE, lpclip_search
 from hica.methods.lp_plus_plus import init_params, step_sizes
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -222,19 +222,25 @@ def test_lpclip_search_matches_the_official_loop(best: float) -> None:
     assert all(peak / 10 * (1 - 1e-12) <= x <= peak * 10 * (1 + 1e-12) for x in searched[7:])
 
 
-def test_lpclip_search_ties_go_to_the_smaller_c() -> None:
+def test_lpclip_search_ties_go_to_the_centre_of_the_plateau() -> None:
     c, _, peak, searched = lpclip_search(lambda c: (1.0, 1.0, 0.0), C_GRID, 3)
-    assert peak == 1e-6 and math.isclose(c, 1e-7) and len(searched) == 7 + 2 + 0 + 1
+    assert peak == 1.0 and math.isclose(c, 0.1) and len(searched) == 7 + 2 + 0 + 1  # refinement: left wins
     assert lpclip_search(lambda c: (1.0, 1.0, 0.0), [1.0, 2.0], 0)[:3] == (1.0, (1.0, 1.0, 0.0), 1.0)
+    # accuracy flat from 1e2 up, the log-loss best at the top: the plateau's centre (1e4), not its end
+    flat = lpclip_search(lambda c: (float(c >= 1e2), 1.0, math.log10(c)), C_GRID, 0)
+    assert flat[2] == 1e4
+    # a unique best at an end stays there (a real edge pick)
+    assert lpclip_search(lambda c: (float(c == 1e6), 1.0, 0.0), C_GRID, 0)[2] == 1e6
 
 
 def test_linear_probe_records_the_search_and_edge_picks() -> None:
     data, _ = _toy(seed=5)
     lp = method_registry()["linear_probe"]
     sel = lp().fit(data).selected
-    assert sel["C_searched"][:7] == list(C_GRID) and sel["C"] in sel["C_searched"]
-    assert abs(math.log10(sel["C"] / sel["C_coarse"])) <= 1 and len(sel["C_searched"]) <= 7 + 2 + 7
-    assert sel["edge"] == (["C"] if sel["C_coarse"] in (C_GRID[0], C_GRID[-1]) else [])
+    assert (1e-8, *C_GRID, 1e8) == C_GRID_WIDE  # lpclip's list, one step wider at each end
+    assert sel["C_searched"][:9] == list(C_GRID_WIDE) and sel["C"] in sel["C_searched"]
+    assert abs(math.log10(sel["C"] / sel["C_coarse"])) <= 1 and len(sel["C_searched"]) <= 9 + 2 + 7
+    assert sel["edge"] == (["C"] if sel["C_coarse"] in (C_GRID_WIDE[0], C_GRID_WIDE[-1]) else [])
     top = lp(c_grid=[1e-6, 1e-4], refine_steps=0).fit(data).selected  # the larger C fits the val better
     assert top["C"] == top["C_coarse"] == 1e-4 and top["C_searched"] == [1e-6, 1e-4] and top["edge"] == ["C"]
     assert lp(c_grid=[1.0], refine_steps=0).fit(data).selected["edge"] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,7 +15,7 @@ import hica.methods.tip_adapter as tip_mod
 from hica.errors import HicaError
 from hica.methods import ClassText, FewShotData, method_registry
 from hica.methods.base import check_method_args
-from hica.methods.selection import edge_picks, select, select_refined, val_score, val_scores
+from hica.methods.selection import edge_picks, val_score, val_scores
 from hica.report.tables import edge_counts, edge_table, summarize
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -88,15 +89,18 @@ def test_views_needed_is_the_setting() -> None:
 
 def test_search_lists_are_the_official_formula() -> None:
     cls = method_registry()["tip_adapter"]
-    betas, alphas = cls(beta_below=[], alpha_above=[]).grids()
+    betas, alphas = cls(beta_below=[], alpha_below=[], alpha_above=[]).grids()
     assert betas == _official_list(50, 200) and alphas == _official_list(50, 20)  # search_step [200, 20]
     assert len(betas) * len(alphas) == 4000 and betas[0] == alphas[0] == 0.1
     assert betas[-1] >= 30 and alphas[-1] >= 30  # covers FGVC's [30, 30]; Flowers' [50, 50] is the max
-    # the defaults extend the official lists outward (β below 0.1, α above the maximum), ascending
+    # the defaults extend the official lists outward (β and α below 0.1, α above the maximum), ascending
     eb, ea = cls().grids()
-    assert eb == [0.001, 0.003, 0.01, 0.03, *betas] and ea == [*alphas, 100.0, 300.0, 1000.0, 3000.0, 10000.0]
+    tail = [100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0]
+    assert eb == [0.001, 0.003, 0.01, 0.03, *betas] and ea == [0.001, 0.003, 0.01, 0.03, *alphas, *tail]
     assert all(y > x for x, y in itertools.pairwise(eb)) and all(y > x for x, y in itertools.pairwise(ea))
-    b, a = cls(beta_max=7, beta_steps=200, alpha_max=3, alpha_steps=20, beta_below=[], alpha_above=[]).grids()
+    b, a = cls(
+        beta_max=7, beta_steps=200, alpha_max=3, alpha_steps=20, beta_below=[], alpha_below=[], alpha_above=[]
+    ).grids()
     assert b == _official_list(7, 200) and a == _official_list(3, 20)
     assert all(y > x for x, y in itertools.pairwise(b)) and b[-1] < 7
     assert cls(betas=[1, 2], alphas=[0, 5]).grids() == ([1.0, 2.0], [0.0, 5.0])  # explicit grids win
@@ -116,17 +120,22 @@ def test_logits_are_the_official_formula(alpha: float, beta: float) -> None:
 def test_pick_is_the_brute_force_validation_argmax(seed: int) -> None:
     data, tx = _toy(seed=seed)
     args = {"views": V, "beta_max": 12, "beta_steps": 60, "alpha_max": 10, "alpha_steps": 20}
-    args |= {"beta_below": [], "alpha_above": []}  # the official lists only
+    args |= {"beta_below": [], "alpha_below": [], "alpha_above": []}  # the official lists only
     tip = method_registry()["tip_adapter"](**args).fit(data)
     keys = _unit(data.support_views.mean(1))
-    best, best_s = None, None
-    for b in _official_list(12, 60):  # the official loop order; strictly better only → first best kept
-        for a in _official_list(10, 20):
+    scores = {}
+    for i, b in enumerate(_official_list(12, 60)):  # the official loop over every (β, α)
+        for j, a in enumerate(_official_list(10, 20)):
             lg = _official_logits(data.val, keys, data.support_labels, data.text.class_emb, a, b)
-            s = val_score(lg.softmax(-1), data.val_labels)
-            if best_s is None or s > best_s:
-                best, best_s = (b, a), s
-    assert (tip.selected["beta"], tip.selected["alpha"]) == best
+            scores[(i, j)] = ((b, a), val_score(lg.softmax(-1), data.val_labels))
+    top = max(s[:2] for _, s in scores.values())
+    tied = [ij for ij, (_, s) in scores.items() if s[:2] == top]  # the best accuracy's plateau
+    centre = np.mean(tied, axis=0)
+    pick = min(
+        tied, key=lambda ij: (round(float(np.hypot(*(np.array(ij) - centre))), 9), -scores[ij][1][2], ij)
+    )
+    best, best_s = scores[pick]
+    assert (tip.selected["beta"], tip.selected["alpha"]) == best and tip.selected["tied"] == len(tied)
     assert tip.selected["val_accuracy"] == pytest.approx(best_s[0])
     assert tip.selected["edge"] == edge_picks(
         {"beta": best[0], "alpha": best[1]}, {"beta": _official_list(12, 60), "alpha": _official_list(10, 20)}
@@ -141,12 +150,14 @@ def test_extension_outside_the_official_range_is_checked() -> None:
         cls(beta_below=[0.05, 0.2])
     with pytest.raises(HicaError, match="alpha_above"):
         cls(alpha_above=[20.0])
+    with pytest.raises(HicaError, match="alpha_below"):
+        cls(alpha_below=[0.01, 0.1])
 
 
-def test_exact_ties_go_to_the_earliest_point() -> None:
+def test_ties_go_to_the_centre_of_the_plateau() -> None:
     data, _ = _toy()
     tip = method_registry()["tip_adapter"](views=V, alphas=[0.0], betas=[1, 2, 3]).fit(data)  # all equal
-    assert tip.selected["beta"] == 1.0 and tip.selected["edge"] == ["beta"]
+    assert tip.selected["beta"] == 2.0 and tip.selected["edge"] == [] and tip.selected["tied"] == 3
 
 
 def test_batched_scores_match_val_score() -> None:
@@ -156,8 +167,6 @@ def test_batched_scores_match_val_score() -> None:
     for p, s in zip(probs, val_scores(probs, labels), strict=True):
         ref = val_score(p, labels)
         assert s[:2] == ref[:2] and s[2] == pytest.approx(ref[2], rel=1e-6)
-    exact = [val_score(p, labels) for p in probs]
-    assert select_refined(val_scores(probs, labels), exact.__getitem__) == select(range(7), exact.__getitem__)
 
 
 # ----------------------------------------------------------------------------------------- Tip-Adapter-F

@@ -167,7 +167,10 @@ def test_linear_probe_selection_reads_validation() -> None:
         for c in grid:
             p = LogisticRegression(C=c, max_iter=1000).fit(x, y).predict_proba(data.val.double().numpy())
             scores[c] = val_score(torch.from_numpy(p).float(), val_labels)
-        return max(scores, key=lambda c: (scores[c], -c))
+        top = max(s[:2] for s in scores.values())
+        tied = [grid.index(c) for c in grid if scores[c][:2] == top]  # the plateau: its centre, then log-loss
+        centre = float(np.mean(tied))
+        return grid[min(tied, key=lambda i: (round(abs(i - centre), 9), -scores[grid[i]][2], i))]
 
     permuted = (data.val_labels + 1) % C
     good, bad = lp().fit(data).selected, lp().fit(_with_val_labels(data, permuted)).selected
@@ -198,8 +201,8 @@ def test_tip_adapter_search_matches_brute_force() -> None:
         return val_score((zs + a * aff).softmax(-1), data.val_labels)
 
     grid = list(itertools.product(*tip.grids()))
-    best = max(score(b, a) for b, a in grid)
-    assert score(tip.selected["beta"], tip.selected["alpha"]) == best
+    best = max(score(b, a)[:2] for b, a in grid)  # the plateau's accuracies (its centre is picked)
+    assert score(tip.selected["beta"], tip.selected["alpha"])[:2] == best
     assert tip.selected["val_accuracy"] == best[0]
 
 
@@ -238,3 +241,23 @@ def test_methods_restore_the_callers_thread_count() -> None:
     m = method_registry()["clap"]().fit(data)
     m.predict_proba(tx)
     assert torch.get_num_threads() == 2
+
+
+def test_select_central_takes_the_middle_of_a_plateau_and_keeps_a_unique_best() -> None:
+    from hica.methods.selection import select_central
+
+    line = [(i,) for i in range(7)]
+    flat = [(0.5, 0.5, -1.0)] * 2 + [
+        (0.9, 0.9, -float(i)) for i in range(5)
+    ]  # plateau 2..6, log-loss best at 2
+    assert select_central(line, flat) == (4, 5)
+    even = [(0.9, 0.9, -1.0), (0.9, 0.9, -0.5), (0.1, 0.1, 0.0)]  # two centres equally near: the log-loss
+    assert select_central(line[:3], even) == (1, 2)
+    unique = [(0.5, 0.5, 0.0)] * 6 + [(0.6, 0.6, -9.0)]
+    assert select_central(line, unique) == (6, 1)  # a strict best at the end stays there
+    grid = [(i, j) for i in range(3) for j in range(3)]
+    scores = [(1.0, 1.0, 0.0) if i == 2 or j == 0 else (0.0, 0.0, 0.0) for i, j in grid]  # an L-shape
+    i, n = select_central(grid, scores)
+    assert n == 5 and grid[i] == (1, 0)  # nearest the centroid (1.4, 0.6), tied with (2, 1): the earlier
+    with pytest.raises(HicaError, match="empty"):
+        select_central([], [])

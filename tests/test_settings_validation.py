@@ -92,7 +92,7 @@ DEFAULTS = {
     "prototype": {"temperatures": [0.2, 0.1, 0.05, 0.02, 0.01], "fixed_temperature": 0.05},
     "knn": {"ks": [1, 3, 5, 7, 9, 11, 13, 15], "fixed_k": 1},
     "linear_probe": {
-        "c_grid": [1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6],
+        "c_grid": [1e-8, 1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6, 1e8],
         "refine_steps": 8,
         "max_iter": 1000,
         "fixed_c": 100.0,
@@ -105,7 +105,8 @@ DEFAULTS = {
         "alpha_max": 50.0,
         "alpha_steps": 20,
         "beta_below": [0.001, 0.003, 0.01, 0.03],
-        "alpha_above": [100.0, 300.0, 1000.0, 3000.0, 10000.0],
+        "alpha_below": [0.001, 0.003, 0.01, 0.03],
+        "alpha_above": [100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0],
         "betas": None,
         "alphas": None,
         "fixed_alpha": 1.0,

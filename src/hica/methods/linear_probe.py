@@ -5,15 +5,16 @@ L2-regularised multinomial logistic regression (scikit-learn, lbfgs, ``max_iter`
 frozen features. The inverse regularisation strength C is searched on the validation shots as lpclip does:
 
 1. **coarse**: every C of ``c_grid`` — lpclip's ``search_list`` 1e-6, 1e-4, …, 1e6 (every second power of
-   ten); the best is c*;
+   ten), extended here by 1e-8 and 1e8 (``C_GRID_WIDE``); the best is c*;
 2. **refinement** (``refine_steps``, lpclip's ``--num_step 8``): the interval [c*/10, 10·c*]; each step fits
    both ends, keeps the better one (the left unless the right is strictly better, as lpclip) and moves the
    other end to the interval's log10 midpoint. C is the better end of the last step (lpclip's ``c_final``),
    not the best C seen. With ``refine_steps: 0``, C = c*.
 
 A candidate's score is hica's (``selection.val_score``: accuracy, then balanced accuracy, then −log-loss)
-where lpclip compares accuracy only; a tie in the coarse search goes to the smaller C (hica's rule, most
-regularised first; lpclip's argmax over its descending list keeps the larger). ``selected``: ``C`` (the
+where lpclip compares accuracy only; a tie in the coarse search goes to the centre of the tied values
+(``selection.select_central``; lpclip's argmax over its descending list keeps the larger C, and the log-loss
+tie-break used before went to the most confident end: C = 1e6 on separable shots). ``selected``: ``C`` (the
 final pick), ``C_coarse`` (c*), ``C_searched`` (every C fitted, in order), ``val_accuracy`` and ``edge``
 (``["C"]`` when c* is an end of ``c_grid``: the optimum may lie beyond the coarse range). Every fit starts
 from zero, as lpclip's: warm starts are not used because for large C on separable shots lbfgs stops on its
@@ -42,10 +43,13 @@ from sklearn.linear_model import LogisticRegression
 
 from hica.methods.base import FewShotData, Method, register_method
 from hica.methods.checks import need_shots
-from hica.methods.selection import Score, edge_picks, select, single_threaded, val_score
+from hica.methods.selection import Score, edge_picks, select, select_central, single_threaded, val_score
 from hica.methods.settings import MethodSettings, NonNegativeInt, PositiveFloat, PositiveGrid, PositiveInt
 
 C_GRID = (1e-6, 1e-4, 1e-2, 1.0, 1e2, 1e4, 1e6)  # lpclip's search_list (ascending here)
+# The default coarse grid: lpclip's, one step (two decades) wider at each end. With lpclip's ends a strict
+# validation best sat on an end in 3 of 30 runs (results/baselines_faithful/comparison.md, issue 15 §2).
+C_GRID_WIDE = (1e-8, *C_GRID, 1e8)
 REFINE_STEPS = 8  # lpclip's --num_step
 
 
@@ -54,7 +58,8 @@ def lpclip_search(
 ) -> tuple[float, Score, float, list[float]]:
     """lpclip's search of C: (final C, its score, coarse best c*, every C scored in order).
 
-    ``score`` is called once per distinct C. Coarse: ``select`` over ``grid`` (ties → earlier). Then
+    ``score`` is called once per distinct C. Coarse: ``select_central`` over ``grid`` (the best accuracy;
+    ties → the centre of the tied run, then the log-loss). Then
     ``steps`` rounds on [c*/10, 10·c*]: score both ends; the right end wins only if strictly better; the
     loser is replaced by the log10 midpoint of the interval.
     """
@@ -65,7 +70,9 @@ def lpclip_search(
             scores[c] = score(c)
         return scores[c]
 
-    peak, best = select(grid, memo)
+    coarse = [memo(c) for c in grid]
+    i, _ = select_central([(j,) for j in range(len(grid))], coarse)
+    peak, best = grid[i], coarse[i]
     c = peak
     lo, hi = 1e-1 * peak, 1e1 * peak
     for _ in range(steps):
@@ -81,7 +88,7 @@ class LinearProbe(Method):
     coarse grid, ascending), ``refine_steps``, ``max_iter``, ``fixed_c`` (C without validation shots)."""
 
     class Settings(MethodSettings):
-        c_grid: PositiveGrid = C_GRID
+        c_grid: PositiveGrid = C_GRID_WIDE
         refine_steps: NonNegativeInt = REFINE_STEPS
         max_iter: PositiveInt = 1000
         fixed_c: PositiveFloat | None = 100.0

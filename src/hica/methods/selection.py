@@ -4,6 +4,12 @@ tensor operations of fitting.
 Selection reads the validation shots only. A candidate's score is the tuple (accuracy, balanced accuracy,
 −log-loss), compared lexicographically; on an exact tie the candidate listed first wins, so grids are
 ordered from the most to the least regularised setting.
+
+The searches whose picks are checked for grid edges (Tip-Adapter's α × β, the linear probe's coarse C) use
+:func:`select_central` instead: with 1–4 validation shots per class the accuracy is flat over wide regions of
+the grid, and the log-loss, which rewards confidence, then drives the pick to whichever end of the plateau is
+most confident — an end of the grid (measured: results/baselines_text_head/comparison.md). The plateau of
+best (accuracy, balanced accuracy) is kept whole and its centre is taken.
 """
 
 from __future__ import annotations
@@ -81,6 +87,24 @@ def select(candidates: Iterable[T], score: Callable[[T], Score]) -> tuple[T, Sco
     return best, best_s
 
 
+def select_central(coords: Sequence[Sequence[float]], scores: Sequence[Score]) -> tuple[int, int]:
+    """(index of the pick, size of the plateau) over candidates at grid coordinates ``coords`` (e.g. their
+    indices in each searched list) with ``scores`` (:func:`val_score`).
+
+    The plateau is every candidate with the best (accuracy, balanced accuracy). The pick is the plateau member
+    nearest (Euclidean, in ``coords``) to the plateau's centroid; then the best log-loss; then the earliest.
+    A unique best is picked as by :func:`select`; only ties are resolved differently (centre, not the most
+    confident end)."""
+    if not scores or len(coords) != len(scores):
+        raise HicaError("empty hyperparameter grid: give at least one candidate value")
+    top = max(s[:2] for s in scores)
+    tied = [i for i, s in enumerate(scores) if s[:2] == top]
+    pts = torch.tensor([list(coords[i]) for i in tied], dtype=torch.float64)
+    dist = (pts - pts.mean(0)).norm(dim=1).tolist()
+    best = min(range(len(tied)), key=lambda j: (round(dist[j], 9), -scores[tied[j]][2], tied[j]))
+    return tied[best], len(tied)
+
+
 def edge_picks(picks: Mapping[str, float], grids: Mapping[str, Sequence[float]]) -> list[str]:
     """Names (in ``picks`` order) whose pick is the first or last value of its grid of ≥ 2 values.
 
@@ -93,20 +117,3 @@ def edge_picks(picks: Mapping[str, float], grids: Mapping[str, Sequence[float]])
         if len(grid) >= 2 and (value == grid[0] or value == grid[-1]):
             out.append(name)
     return out
-
-
-def select_refined(
-    approx: Sequence[Score], exact: Callable[[int], Score], tol: float = 1e-5
-) -> tuple[int, Score]:
-    """:func:`select` over candidates ``0 … n−1`` scored by ``exact``, calling it only where it matters.
-
-    ``approx`` are the batched scores (:func:`val_scores`: accuracy and balanced accuracy exact, the
-    log-loss up to rounding). Only candidates with the best accuracies and a log-loss within ``tol`` of the
-    best are rescored exactly; the pick, its score and the tie rule are those of ``select`` on all of them.
-    """
-    if not approx:
-        raise HicaError("empty hyperparameter grid: give at least one candidate value")
-    top = max(s[:2] for s in approx)
-    best = max(s[2] for s in approx if s[:2] == top)
-    near = best - tol * max(1.0, abs(best))
-    return select([i for i, s in enumerate(approx) if s[:2] == top and s[2] >= near], exact)

@@ -18,9 +18,12 @@ the encoder's raw (unnormalised) outputs, which weights views by their norm. Wit
 ``search_step: [200, 20]`` in every official config and per-dataset ``search_scale`` from [7, 3] (ImageNet,
 Pets, UCF101) to [30, 30] (FGVC Aircraft) and [50, 50] (Flowers102). The defaults here are 200 β × 20 α with
 both scales 50 (the widest official range); ``betas`` / ``alphas`` replace a list by an explicit grid. The
-search reads the validation shots only: accuracy, then balanced accuracy, then log-loss; on an exact tie the
-earlier point wins (smaller β, then smaller α — the official loop keeps the first best accuracy in the same
-order). ``selected["edge"]`` lists the settings picked on a grid edge (``selection.edge_picks``).
+search reads the validation shots only: the best accuracy, then balanced accuracy; where several points tie
+(a plateau: common with 1–4 validation shots per class) the one nearest the plateau's centre in grid
+indices, then the best log-loss (``selection.select_central``). The official loop keeps the first best
+accuracy (smallest β, then smallest α); the log-loss tie-break used before drove half of the picks to a grid
+end. ``selected``: ``tied`` (the plateau's size) and ``edge`` (settings picked on a grid edge,
+``selection.edge_picks``).
 
 **Tip-Adapter-F** (``main.run_tip_adapter_F``): the keys become a trainable linear layer initialised from K
 and are trained with cross-entropy on the tip logits at α = ``init_alpha``, β = ``init_beta`` (official
@@ -56,7 +59,7 @@ from hica.methods.checks import need_shots, need_text
 from hica.methods.selection import (
     Score,
     edge_picks,
-    select_refined,
+    select_central,
     single_threaded,
     val_score,
     val_scores,
@@ -116,23 +119,26 @@ def search_alpha_beta(
     labels: torch.Tensor,
     betas: Sequence[float],
     alphas: Sequence[float],
-) -> tuple[float, float, Score]:
-    """(β, α, score) maximising ``val_score`` over every (β, α), β-major; ties → the earliest point.
+) -> tuple[float, float, Score, int]:
+    """(β, α, score, plateau size): the (β, α) with the best validation (accuracy, balanced accuracy); on a
+    plateau of ties the member nearest its centre in (β index, α index) (``selection.select_central``).
 
     ``affinity`` (M, N) and the zero-shot logits ``zs`` (M, C) are computed once; each β's cache logits are
-    scored for all α at once, so 200 × 20 points take milliseconds. The best few are rescored one by one,
-    so the pick and its score are exactly those of ``select`` over ``val_score`` of ``tip_logits``."""
+    scored for all α at once, so 200 × 20 points take milliseconds (accuracies exact, the log-loss that
+    breaks the last ties up to rounding); the pick's score is recomputed exactly."""
     a = torch.tensor(list(alphas), dtype=zs.dtype)[:, None, None]
     approx: list[Score] = []
     for b in betas:
         approx += val_scores((zs + a * cache_logits(affinity, values, b)).softmax(-1), labels)
-
-    def exact(i: int) -> Score:
-        beta, alpha = betas[i // len(alphas)], alphas[i % len(alphas)]
-        return val_score((zs + alpha * cache_logits(affinity, values, beta)).softmax(-1), labels)
-
-    i, s = select_refined(approx, exact)
-    return betas[i // len(alphas)], alphas[i % len(alphas)], s
+    coords = [(i // len(alphas), i % len(alphas)) for i in range(len(approx))]
+    i, tied = select_central(coords, approx)
+    beta, alpha = betas[i // len(alphas)], alphas[i % len(alphas)]
+    return (
+        beta,
+        alpha,
+        val_score((zs + alpha * cache_logits(affinity, values, beta)).softmax(-1), labels),
+        tied,
+    )
 
 
 @register_method("tip_adapter")
@@ -150,7 +156,8 @@ class TipAdapter(Method):
         alpha_max: GridMax = 50.0
         alpha_steps: PositiveInt = 20
         beta_below: PositiveList = [0.001, 0.003, 0.01, 0.03]
-        alpha_above: PositiveList = [100.0, 300.0, 1000.0, 3000.0, 10000.0]
+        alpha_below: PositiveList = [0.001, 0.003, 0.01, 0.03]
+        alpha_above: PositiveList = [100.0, 300.0, 1000.0, 3000.0, 10000.0, 30000.0, 100000.0]
         betas: PositiveGrid | None = None
         alphas: NonNegativeGrid | None = None
         fixed_alpha: NonNegativeFloat | None = 1.0
@@ -158,8 +165,10 @@ class TipAdapter(Method):
 
         @model_validator(mode="after")
         def _tails_outside(self) -> TipAdapter.Settings:
-            if self.beta_below and self.beta_below[-1] >= GRID_START:
-                raise ValueError(f"beta_below must stay below the official list's start {GRID_START}")
+            for name in ("beta_below", "alpha_below"):
+                below = getattr(self, name)
+                if below and below[-1] >= GRID_START:
+                    raise ValueError(f"{name} must stay below the official list's start {GRID_START}")
             if self.alpha_above and self.alpha_above[0] <= self.alpha_max:
                 raise ValueError(f"alpha_above must start above alpha_max ({self.alpha_max})")
             return self
@@ -171,16 +180,18 @@ class TipAdapter(Method):
 
     def grids(self) -> tuple[list[float], list[float]]:
         """The searched (β list, α list): explicit grids, else the official formula's list extended by
-        ``beta_below`` (β under 0.1: flatter affinities) and ``alpha_above`` (α over the official maximum: the
-        cache outweighs an uninformative text head). Without the extensions the picks sat on the official
-        lists' edges in 60% of the runs (results/baselines_faithful/comparison.md)."""
+        ``beta_below`` (β under 0.1: flatter affinities), ``alpha_below`` (α under 0.1: the text head nearly
+        alone, once it is trained) and ``alpha_above`` (α over the official maximum: the cache outweighs an
+        uninformative text head). Without the extensions the picks sat on the official lists' edges in 60% of
+        the runs (results/baselines_faithful/comparison.md); ``alpha_below`` and the two largest α were added
+        where a strict validation best still sat on an end (results/baselines_text_head/comparison.md)."""
         h = self.hparams
         betas = h["betas"]
         if betas is None:
             betas = [*h["beta_below"], *official_grid(h["beta_max"], h["beta_steps"])]
         alphas = h["alphas"]
         if alphas is None:
-            alphas = [*official_grid(h["alpha_max"], h["alpha_steps"]), *h["alpha_above"]]
+            alphas = [*h["alpha_below"], *official_grid(h["alpha_max"], h["alpha_steps"]), *h["alpha_above"]]
         return list(betas), list(alphas)
 
     def _support_views(self, data: FewShotData) -> torch.Tensor | None:
@@ -224,12 +235,15 @@ class TipAdapter(Method):
             return
         zs = text_logits(data.val, self.text.class_emb, self.text.logit_scale)
         betas, alphas = self.grids()
-        b, a, s = search_alpha_beta(data.val @ self.keys.T, zs, self.values, data.val_labels, betas, alphas)
+        b, a, s, tied = search_alpha_beta(
+            data.val @ self.keys.T, zs, self.values, data.val_labels, betas, alphas
+        )
         self.alpha, self.beta = a, b
         self.selected = {
             "alpha": a,
             "beta": b,
             "val_accuracy": s[0],
+            "tied": tied,
             "keys": self.key_source,
             "edge": edge_picks({"beta": b, "alpha": a}, {"beta": betas, "alpha": alphas}),
         }
