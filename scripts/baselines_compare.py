@@ -8,6 +8,8 @@ Reads (all made by committed commands on committed configs):
   results/baselines_faithful/  after:  hica benchmark --config configs/baselines_faithful.yaml
   results/baselines_finetune_tuned/  after (finetune, validation-tuned defaults):
                                hica benchmark --config configs/baselines_finetune_tuned.yaml
+  results/baselines_text_head/ the text-using baselines with a support-trained text head:
+                               hica benchmark --config configs/baselines_text_head.yaml
   results/hica/busi/           HiCA on the default encoder (the baselines' encoder)
   results/hica/no_stage1/      HiCA on chest X-ray without stage 1 (the baselines' encoder)
   results/hica/chest_xray/     HiCA on chest X-ray with the stage-1 encoder (not the baselines' encoder)
@@ -32,6 +34,7 @@ from hica.io import write_json, write_text
 
 SHOTS = [1, 2, 4, 8, 16]
 TUNED_FT = "results/baselines_finetune_tuned"
+TEXT_HEAD = "results/baselines_text_head"
 # The grids the baselines searched before issue 15 (methods/tip_adapter.py BETAS / ALPHAS, linear_probe C).
 OLD_GRIDS = {
     "tip_adapter": {"beta": (0.5, 13.0), "alpha": (0.1, 50.0)},
@@ -96,6 +99,27 @@ def paired_ci(a: dict[int, dict[str, bool]], b: dict[int, dict[str, bool]], n_bo
     return {"diff": float(diff.mean()), "lo": float(lo), "hi": float(hi), "seeds": seeds, "images": len(ids)}
 
 
+def carving_note(paths: list[str]) -> list[str]:
+    """Lines saying which runs used which carved validation split (``split_version`` of each run; runs made
+    before split versions existed used the per-image carving), when the runs of one dataset differ."""
+    by_ds: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
+    for path in paths:
+        for (ds, _, _, _), r in runs(path).items():
+            version = r.get("split_version") or "per-image (before split versions)"
+            if path not in by_ds[ds][version]:
+                by_ds[ds][version].append(path)
+    out = []
+    for ds, versions in sorted(by_ds.items()):
+        if len(versions) > 1:
+            parts = "; ".join(f"`{v}`: {', '.join(f'`{p}`' for p in ps)}" for v, ps in versions.items())
+            out += [
+                f"**{ds}: the runs use different validation carvings, so their support sets differ** "
+                f"({parts}). Paired CIs below pair the same test images and average over seeds.",
+                "",
+            ]
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("results/baselines_faithful/comparison.md"))
@@ -115,6 +139,10 @@ def main() -> None:
         "docs/baselines.md).",
         "",
     ]
+    lines += carving_note(
+        ["results/baselines", "results/baselines_faithful", TUNED_FT]
+        + [src for srcs in HICA_SOURCES.values() for _, src, _ in srcs]
+    )
     for ds in datasets:
         lines += [
             f"## {ds}: accuracy before → after",
@@ -151,11 +179,17 @@ def main() -> None:
         )
     lines.append("")
     preds_after = predictions("results/baselines_faithful") | predictions(TUNED_FT)
+    # The text-using baselines with a text head trained on the support set (issue 13 §1) are candidates too,
+    # named "<method>+head".
+    head_runs = {(d, f"{m}+head", k, sd): r for (d, m, k, sd), r in runs(TEXT_HEAD).items()}
+    head_preds = {(d, f"{m}+head", k, sd): p for (d, m, k, sd), p in predictions(TEXT_HEAD).items()}
+    pool, preds_after = after | head_runs, preds_after | head_preds
     lines += [
         "## HiCA vs the best baseline (paired, same episodes and test images)",
         "",
-        "Best baseline: the highest mean *test* accuracy over seeds among the faithful feature baselines and",
-        "the tuned `finetune` (choosing it on test favours the baselines, not HiCA).",
+        "Best baseline: the highest mean *test* accuracy over seeds among the faithful feature baselines,",
+        "the text-using ones also with a text head trained on the support set (`+head`,",
+        f"`{TEXT_HEAD}`), and the tuned `finetune` (choosing it on test favours the baselines, not HiCA).",
         "",
         "| dataset | HiCA run | K | HiCA | best baseline | Δ accuracy [95% CI] |",
         "|---|---|---|---|---|---|",
@@ -166,10 +200,10 @@ def main() -> None:
             for k in SHOTS:
                 h = [h_runs[(ds, method, k, s)]["metrics"]["accuracy"] for s in (1, 2, 3)]
                 cands = []
-                for m in {key[1] for key in after if key[0] == ds}:
+                for m in sorted({key[1] for key in pool if key[0] == ds}):
                     if m == "zeroshot":
                         continue
-                    acc = accuracies(after, ds, m, k)
+                    acc = accuracies(pool, ds, m, k)
                     if acc:
                         cands.append((float(np.mean(acc)), m))
                 best_acc, best = max(cands)
