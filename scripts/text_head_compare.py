@@ -32,6 +32,14 @@ def runs(path: Path) -> dict[tuple[str, str, int, int], dict[str, Any]]:
     return {(r["dataset"].split("[")[0], r["method"], r["k"], r["seed"]): r for r in m["runs"]}
 
 
+def config_name(run: Path) -> str:
+    """The benchmark config's ``name`` recorded in the run (``config.resolved.yaml``)."""
+    for line in (run / "config.resolved.yaml").read_text().splitlines():
+        if line.startswith("name:"):
+            return "config `" + line.split(":", 1)[1].strip() + "`"
+    return "config name not recorded"
+
+
 def edges(rs: dict[tuple[str, str, int, int], dict[str, Any]], method: str) -> tuple[int, int, str]:
     """(runs with an edge pick, runs that report edges, 'setting=value ×n' for the commonest ones)."""
     sel = [r.get("selected") or {} for (_, m, _, _), r in rs.items() if m == method]
@@ -53,10 +61,10 @@ def main() -> None:
     lines = [
         "# Text-using baselines: the encoder's untrained text head vs a head trained on the support set",
         "",
-        f"Made by `python scripts/text_head_compare.py` from `{args.before}` (encoder head) and",
-        f"`{args.after}`",
-        "(head trained per episode on its support features as HiCA's head phase trains its own; "
-        "configs/baselines_text_head.yaml). Test accuracy, mean over seeds, encoder head → support head; "
+        f"Made by `python scripts/text_head_compare.py --before {args.before} --after {args.after}`: "
+        f"`{args.before}` ({config_name(args.before)}, encoder head) and `{args.after}` "
+        f"({config_name(args.after)}, head trained per episode on its support features as HiCA's head phase "
+        "trains its own). Test accuracy, mean over seeds, encoder head → support head; "
         "Δ: paired over every episode (K × seed), support − encoder, [95% bootstrap CI over episodes] "
         "(wins/losses); **bold** where the CI excludes 0.",
         "",
@@ -100,7 +108,8 @@ def main() -> None:
         ea, na, which = edges(after, m)
         if na == 0:
             continue
-        lines.append(f"| {m} | {eb} of {nb} ({eb / nb:.0%}) | {ea} of {na} ({ea / na:.0%}) | {which} |")
+        before_txt = f"{eb} of {nb} ({eb / nb:.0%})" if nb else "not recorded"
+        lines.append(f"| {m} | {before_txt} | {ea} of {na} ({ea / na:.0%}) | {which} |")
         result["rows"].append({"method": m, "edge_before": [eb, nb], "edge_after": [ea, na], "ends": which})
     write_json(args.out.with_suffix(".json"), result)
     write_text(args.out, "\n".join(lines) + "\n")

@@ -126,3 +126,65 @@ def test_config_hash_keeps_old_runs_and_covers_the_support_head(tmp_path) -> Non
         BenchmarkConfig(**base, text_head={"source": "support"}), tmp_path / "b", progress=False
     ).scope
     assert scope["text_head"]["source"] == "support"
+
+
+def test_trained_head_keeps_the_encoders_prompt_lengths(encoder) -> None:
+    """Training sets directions only: CLAP's prototype lengths (``class_norm``) stay the encoder's."""
+    desc = load_descriptors("busi")
+    own = build_class_text(encoder, desc, CLASSES)
+    text, _ = SupportTextHead(encoder, desc, CLASSES).fit(*clusters(encoder.embed_dim), seed=1)
+    assert not torch.allclose(text.class_emb, own.class_emb, atol=1e-3)  # the directions moved
+    # a class's mean raw prompt is at most as long as its prompts under the encoder's head; without keeping
+    # those lengths the trained head's raw output grows about tenfold
+    lengths = SupportTextHead(encoder, desc, CLASSES).lengths.squeeze(-1)
+    assert (text.class_norm <= lengths.max() + 1e-4).all()
+    assert ((text.class_norm / own.class_norm) < 2).all() and ((text.class_norm / own.class_norm) > 0.5).all()
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_benchmark_gives_only_text_methods_a_head_trained_on_the_support_features(
+    encoder, tiny_busi, tmp_path, monkeypatch
+) -> None:
+    """End to end on a tiny BUSI copy: the head is trained once per episode, from that episode's support
+    features (one row per support image, its labels), and only text-using methods receive it."""
+    from hica.config import validate_config
+    from hica.jobs.benchmark import run_benchmark
+    from hica.methods import text_head as th
+    from hica.methods.tip_adapter import TipAdapter
+
+    fits: list[tuple[int, list[int]]] = []
+    got: dict[str, object] = {}
+    real_fit, real_init = th.SupportTextHead.fit, TipAdapter._init
+
+    def spy_fit(self, support, labels, seed):
+        fits.append((support.shape[0], labels.tolist()))
+        return real_fit(self, support, labels, seed)
+
+    def spy_init(self, data):  # both Tip-Adapters read their text here
+        got[self.name] = data.text
+        return real_init(self, data)
+
+    monkeypatch.setattr(th.SupportTextHead, "fit", spy_fit)
+    monkeypatch.setattr(TipAdapter, "_init", spy_init)
+    cfg = validate_config(
+        {
+            "datasets": ["busi"],
+            "data_root": str(tiny_busi.root),
+            "encoder": {"name": "default", "args": {"image_size": 64}},
+            "shots": [1],
+            "seeds": [1],
+            "methods": ["prototype", "tip_adapter", "tip_adapter_f"],
+            "method_args": {"tip_adapter": {"views": 2}, "tip_adapter_f": {"views": 2, "epochs": 2}},
+            "text_head": {"source": "support", "steps": 5},
+            "bootstrap": 10,
+            "cache_dir": str(tmp_path / "cache"),
+            "device": "cpu",
+            "precision": "fp32",
+        }
+    )
+    result = run_benchmark(cfg, tmp_path / "run", progress=False)
+    assert fits == [(3, [0, 1, 2])]  # one episode: K=1 × 3 classes, trained once for both methods
+    assert got["tip_adapter"] is got["tip_adapter_f"]  # the same trained class text, not the encoder's
+    own = build_class_text(encoder, load_descriptors("busi"), CLASSES)
+    assert not torch.allclose(got["tip_adapter"].class_emb, own.class_emb, atol=1e-3)
+    assert {r["method"] for r in result["runs"]} == {"prototype", "tip_adapter", "tip_adapter_f"}

@@ -278,7 +278,7 @@ class Benchmark:
             val_labels=val_y,
             num_classes=len(st.ds.classes),
             text=self.text_heads.text(enc, st.ds, st.descriptors, st.text, sup_x, sup_y, seed)
-            if cls.uses_text and ep
+            if cls.uses_text and ep is not None
             else st.text,
             seed=seed,
             support_views=views,

@@ -58,8 +58,8 @@ def lpclip_search(
 ) -> tuple[float, Score, float, list[float]]:
     """lpclip's search of C: (final C, its score, coarse best c*, every C scored in order).
 
-    ``score`` is called once per distinct C. Coarse: ``select_central`` over ``grid`` (the best accuracy;
-    ties → the centre of the tied run, then the log-loss). Then
+    ``score`` is called once per distinct C. Coarse: ``select_central`` over ``grid`` (the best accuracy and
+    balanced accuracy; ties → the tied value nearest their centre in grid positions, then the log-loss). Then
     ``steps`` rounds on [c*/10, 10·c*]: score both ends; the right end wins only if strictly better; the
     loser is replaced by the log10 midpoint of the interval.
     """

@@ -91,12 +91,15 @@ def select_central(coords: Sequence[Sequence[float]], scores: Sequence[Score]) -
     """(index of the pick, size of the plateau) over candidates at grid coordinates ``coords`` (e.g. their
     indices in each searched list) with ``scores`` (:func:`val_score`).
 
-    The plateau is every candidate with the best (accuracy, balanced accuracy). The pick is the plateau member
-    nearest (Euclidean, in ``coords``) to the plateau's centroid; then the best log-loss; then the earliest.
+    The plateau is every candidate with the best (accuracy, balanced accuracy), contiguous or not. The pick is
+    the plateau member nearest (Euclidean, in ``coords``; distances rounded to 9 decimals) to the plateau's
+    centroid; then the best log-loss; then the earliest.
     A unique best is picked as by :func:`select`; only ties are resolved differently (centre, not the most
     confident end)."""
-    if not scores or len(coords) != len(scores):
+    if not scores:
         raise HicaError("empty hyperparameter grid: give at least one candidate value")
+    if len(coords) != len(scores):
+        raise ValueError(f"select_central: {len(coords)} grid coordinates for {len(scores)} scores")
     top = max(s[:2] for s in scores)
     tied = [i for i, s in enumerate(scores) if s[:2] == top]
     pts = torch.tensor([list(coords[i]) for i in tied], dtype=torch.float64)

@@ -67,20 +67,26 @@ class SupportTextHead:
         self.sizes = [len(ps) for ps in prompts]
         self.labels = torch.tensor([c for c, n in enumerate(self.sizes) for _ in range(n)])
         self.proj = copy.deepcopy(encoder.text_proj).float().cpu()
+        with torch.no_grad():  # each prompt's raw length under the encoder's head (see ``fit``)
+            self.lengths = self.proj(self.pooled).norm(dim=-1, keepdim=True)
         self.logit_scale = float(getattr(encoder, "logit_scale", 100.0))
         self.steps, self.lr = steps, lr
         self.loss = GlobalContrastiveLoss(temperature)
 
     def fit(self, support: torch.Tensor, labels: torch.Tensor, seed: int) -> tuple[ClassText, list[float]]:
         """(class text from a head trained on ``support`` (N, D) of classes ``labels`` (N,), the loss per
-        step). Deterministic for a given ``seed`` (descriptions drawn from a generator seeded by it)."""
+        step). Deterministic for a given ``seed`` (descriptions drawn from a generator seeded by it).
+
+        Training sets directions only: ``L_global`` reads normalised embeddings, so the trained head's raw
+        output length is an accident of the optimiser (it grows about tenfold). Each prompt keeps the raw
+        length it has under the encoder's head, so ``class_norm`` (CLAP's prototype length) is the
+        encoder's, and only the directions are trained."""
         if len(support) == 0 or support.shape[0] != labels.shape[0]:
             raise HicaError(
                 f"text_head source 'support': need support features and one label each, got "
                 f"{tuple(support.shape)} features and {tuple(labels.shape)} labels"
             )
         with deterministic(1), torch.enable_grad():
-            torch.manual_seed(2000 + seed)
             proj = copy.deepcopy(self.proj)
             for p in proj.parameters():
                 p.requires_grad_(True)
@@ -101,7 +107,7 @@ class SupportTextHead:
                 opt.step()
                 losses.append(float(terms["global"].detach()))
             with torch.no_grad():
-                raw = proj(self.pooled)
+                raw = F.normalize(proj(self.pooled), dim=-1) * self.lengths
         return class_text_from_raw(raw, self.sizes, self.logit_scale), losses
 
 
@@ -113,6 +119,7 @@ class EpisodeText:
     def __init__(self, config: dict[str, Any], mode: str = "ensemble") -> None:
         self.config, self.mode = config, mode
         self.heads: dict[str, SupportTextHead] = {}
+        self._last: tuple[Any, ClassText] | None = None  # the episode's head, shared by its text methods
 
     def text(
         self,
@@ -135,7 +142,11 @@ class EpisodeText:
             self.heads[dataset.name] = SupportTextHead(
                 encoder, descriptors, dataset.classes, self.mode, c["steps"], c["lr"], c["temperature"]
             )
-        return self.heads[dataset.name].fit(support, labels, seed)[0]
+        x = support.detach().float().cpu().contiguous()
+        key = (dataset.name, tuple(dataset.classes), seed, labels.tolist(), x.numpy().tobytes())
+        if self._last is None or self._last[0] != key:  # same episode, same head: train it once
+            self._last = (key, self.heads[dataset.name].fit(x, labels, seed)[0])
+        return self._last[1]
 
 
 def _global_output(image: torch.Tensor, text: torch.Tensor) -> HiCAOutput:
