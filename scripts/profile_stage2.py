@@ -22,7 +22,6 @@ import shutil
 import time
 from pathlib import Path
 
-from hica.environment import machine_info
 from hica.io import write_text
 
 # (label, file suffix, function name, indent): the phases, as (file, function) of the profiled code
@@ -73,19 +72,23 @@ def main() -> None:
     prof.enable()
     from hica.runs import finetune_from_file  # imports inside the profile: they are part of the cost
 
-    finetune_from_file(args.config, out=run, resume=False, overrides={"k": args.k, "seed": args.seed})
+    _, summary = finetune_from_file(
+        args.config, out=run, resume=False, overrides={"k": args.k, "seed": args.seed}
+    )
     prof.disable()
     wall = time.perf_counter() - t0
     stats = pstats.Stats(prof)
     total = cumulative(stats, "hica/runs.py", "finetune_from_file")
-    machine = machine_info()
+    machine = summary["machine"]
     lines = [
         f"# Stage-2 profile: `{args.config}`, K = {args.k}, seed {args.seed}",
         "",
         f"Made by `python scripts/profile_stage2.py --config {args.config} --k {args.k} --seed {args.seed} "
         f"--out {args.out}` on {machine.get('cpu')} ({machine.get('cpu_cores')} cores), torch threads "
         f"{machine.get('torch_threads')}, commit {str(machine.get('git_commit'))[:7]}"
-        f"{'' if machine.get('git_clean') else ' (uncommitted changes)'}. Profiled wall time {wall:.1f} s;",
+        f"{'' if machine.get('git_clean') else ' (uncommitted changes)'}, {machine.get('precision')}. "
+        f"Profiled wall time {wall:.1f} s; fit {summary.get('fit_seconds')} s; test accuracy "
+        f"{summary['test']['accuracy']:.3f}.",
         "cProfile slows Python-level code, so read the shares, not the seconds (unprofiled:",
         "`scripts/bench_stage2.sh`).",
         "",
