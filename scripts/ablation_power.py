@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from hica.eval.metrics import one_vs_rest_auc
-from hica.eval.stats import paired_difference
+from hica.eval.stats import paired_difference, paired_text
 from hica.io import write_json, write_text
 
 REFERENCE = "hica"
@@ -97,10 +97,7 @@ def main() -> None:
                     break
                 row[name] = d
                 n = d["n"]
-                txt = (
-                    f"{d['mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] ({d['wins']}/{d['losses']})"
-                )
-                cells.append(f"**{txt}**" if d["sign"] != "CI holds 0" else txt)
+                cells.append(paired_text(d))
             if n == 0 or len(cells) < len(names):
                 continue
             result["comparisons"].append(row)

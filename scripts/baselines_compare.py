@@ -58,7 +58,8 @@ def short(ds: str) -> str:
     return ds.split("[")[0]
 
 
-def runs(path: str) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+def runs(path: str | Path) -> dict[tuple[str, str, int, int], dict[str, Any]]:
+    """(dataset, method, K, seed) → the run's record in ``<path>/metrics.json``."""
     m = json.loads((Path(path) / "metrics.json").read_text())
     return {(short(r["dataset"]), r["method"], r["k"], r["seed"]): r for r in m["runs"]}
 

@@ -21,13 +21,13 @@ bootstrap CI over episodes (``hica.eval.stats.paired_difference``).
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from baselines_compare import runs as dataset_runs  # scripts/ is on sys.path when run as a script
 
-from hica.eval.stats import paired_difference
+from hica.eval.stats import paired_difference, paired_text
 from hica.io import write_json, write_text
 
 DS = "chest_xray"
@@ -37,8 +37,8 @@ HICA = ("hica", Path("results/hica/no_stage1"), Path("results/hica/chest_xray"))
 
 
 def runs(path: Path) -> dict[tuple[str, int, int], dict[str, Any]]:
-    m = json.loads((path / "metrics.json").read_text())
-    return {(r["method"], r["k"], r["seed"]): r for r in m["runs"] if r["dataset"].split("[")[0] == DS}
+    """(method, K, seed) → the run's chest X-ray record."""
+    return {key[1:]: r for key, r in dataset_runs(path).items() if key[0] == DS}
 
 
 def carving(rs: dict[tuple[str, int, int], dict[str, Any]]) -> str:
@@ -55,11 +55,7 @@ def row(name: str, plain: dict, stage1: dict, shots: list[int]) -> tuple[str, di
         sa = [v for (kk, _), v in a.items() if kk == k]
         cells.append(f"{np.mean(pa):.3f} → {np.mean(sa):.3f}" if pa and sa else "—")
     d = paired_difference(a, b)
-    lo, hi = d["ci95"]
-    txt = f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({d['wins']}/{d['losses']})"
-    return f"| {name} | " + " | ".join(
-        cells
-    ) + f" | {'**' + txt + '**' if d['sign'] != 'CI holds 0' else txt} |", d
+    return f"| {name} | " + " | ".join(cells) + f" | {paired_text(d)} |", d
 
 
 def main() -> None:

@@ -16,20 +16,16 @@ setting at which end.
 from __future__ import annotations
 
 import argparse
-import json
 from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from baselines_compare import runs  # scripts/ is on sys.path when run as a script
 
-from hica.eval.stats import paired_difference
+from hica.eval.stats import paired_difference, paired_text
 from hica.io import write_json, write_text
-
-
-def runs(path: Path) -> dict[tuple[str, str, int, int], dict[str, Any]]:
-    m = json.loads((path / "metrics.json").read_text())
-    return {(r["dataset"].split("[")[0], r["method"], r["k"], r["seed"]): r for r in m["runs"]}
+from hica.report.tables import edge_counts
 
 
 def config_name(run: Path) -> str:
@@ -41,11 +37,13 @@ def config_name(run: Path) -> str:
 
 
 def edges(rs: dict[tuple[str, str, int, int], dict[str, Any]], method: str) -> tuple[int, int, str]:
-    """(runs with an edge pick, runs that report edges, 'setting=value ×n' for the commonest ones)."""
-    sel = [r.get("selected") or {} for (_, m, _, _), r in rs.items() if m == method]
-    sel = [s for s in sel if "edge" in s]
+    """(runs with an edge pick, runs that report edges — ``report.tables.edge_counts`` — and
+    'setting=value ×n' for the commonest picked ends)."""
+    records = [r for (_, m, _, _), r in rs.items() if m == method]
+    c = edge_counts(records) or {"n": 0, "of": 0}
+    sel = [r["selected"] for r in records if "edge" in (r.get("selected") or {})]
     which = Counter(f"{e}={s.get(e):g}" for s in sel for e in s["edge"])
-    return sum(bool(s["edge"]) for s in sel), len(sel), ", ".join(f"{w} ×{n}" for w, n in which.most_common())
+    return c["n"], c["of"], ", ".join(f"{w} ×{n}" for w, n in which.most_common())
 
 
 def main() -> None:
@@ -88,13 +86,7 @@ def main() -> None:
                 enc, sup = per_k[k]
                 cells.append(f"{np.mean(enc):.3f} → {np.mean(sup):.3f}" if enc else "—")
             diff = paired_difference(a, b)
-            lo, hi = diff["ci95"]
-            txt = f"{diff['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({diff['wins']}/{diff['losses']})"
-            lines.append(
-                f"| {m} | "
-                + " | ".join(cells)
-                + f" | {'**' + txt + '**' if diff['sign'] != 'CI holds 0' else txt} |"
-            )
+            lines.append(f"| {m} | " + " | ".join(cells) + f" | {paired_text(diff)} |")
             result["rows"].append({"dataset": ds, "method": m, "delta_accuracy": diff})
         lines.append("")
     edge_lines = []

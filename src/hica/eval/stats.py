@@ -108,6 +108,14 @@ def seed_stat(
     return out
 
 
+def paired_text(d: dict) -> str:
+    """A :func:`paired_difference` result as a table cell: ``+0.019 [+0.008, +0.030] (8/2)`` (mean
+    [95% CI] (wins/losses)), in bold where the CI excludes 0."""
+    lo, hi = d["ci95"]
+    txt = f"{d['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}] ({d['wins']}/{d['losses']})"
+    return f"**{txt}**" if d["sign"] != "CI holds 0" else txt
+
+
 def paired_difference(a: dict[Any, float], b: dict[Any, float], n_boot: int = 10000, seed: int = 0) -> dict:
     """Mean paired difference a − b over the episodes both have (keys, e.g. seeds), with a 95% CI from a
     bootstrap over episodes (the episode is the unit that varies: support set, initialisation), and whether

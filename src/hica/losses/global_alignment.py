@@ -78,7 +78,13 @@ class GlobalContrastiveLoss(nn.Module):
         """``{"global": L_global}`` between ``out.image_global`` (B, D) and ``out.text_global`` (B, D) (row i
         embeds one description of image i's class); ``labels`` (B,) class ids (None: all distinct, plain
         CLIP)."""
-        image_emb, text_emb = out.image_global, out.text_global
+        return {"global": self.contrast(out.image_global, out.text_global, labels)}
+
+    def contrast(
+        self, image_emb: torch.Tensor, text_emb: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """L_global between image embeddings (B, D) and one text embedding per image (B, D); ``labels`` as in
+        :meth:`forward` (also used on cached features, without a model output: ``methods.text_head``)."""
         if image_emb.ndim != 2 or image_emb.shape != text_emb.shape:
             raise ValueError(
                 f"image_global and text_global must both be (B, D), got {tuple(image_emb.shape)} and "
@@ -96,4 +102,4 @@ class GlobalContrastiveLoss(nn.Module):
         logits = self.logit_scale * f @ t.T
         i2t = multi_positive_nce(logits, pos).mean()
         t2i = multi_positive_nce(logits.T, pos.T).mean()
-        return {"global": (i2t + t2i) / 2}
+        return (i2t + t2i) / 2

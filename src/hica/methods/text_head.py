@@ -28,8 +28,7 @@ from hica.data.descriptors import Descriptors
 from hica.errors import HicaError
 from hica.losses.global_alignment import GlobalContrastiveLoss
 from hica.model.class_text import ClassText, class_text_from_raw
-from hica.model.hica_model import HiCAOutput
-from hica.model.text import pooled_sentences
+from hica.model.text import pooled_sentences_batched
 from hica.runtime import deterministic
 
 
@@ -61,9 +60,7 @@ class SupportTextHead:
         prompts = [descriptors.class_prompts(c, mode) for c in classes]
         flat = [p for ps in prompts for p in ps]
         with torch.no_grad():
-            self.pooled = torch.cat(
-                [pooled_sentences(encoder, flat[i : i + 64]).float().cpu() for i in range(0, len(flat), 64)]
-            )
+            self.pooled = pooled_sentences_batched(encoder, flat).cpu()
         self.sizes = [len(ps) for ps in prompts]
         self.labels = torch.tensor([c for c, n in enumerate(self.sizes) for _ in range(n)])
         self.proj = copy.deepcopy(encoder.text_proj).float().cpu()
@@ -101,11 +98,11 @@ class SupportTextHead:
                 pick = torch.stack(
                     [members[c][torch.randint(len(members[c]), (1,), generator=gen)][0] for c in y.tolist()]
                 )
-                terms = self.loss(_global_output(x, text[pick]), y)
+                loss = self.loss.contrast(x, text[pick], y)
                 opt.zero_grad(set_to_none=True)
-                terms["global"].backward()
+                loss.backward()
                 opt.step()
-                losses.append(float(terms["global"].detach()))
+                losses.append(float(loss.detach()))
             with torch.no_grad():
                 raw = F.normalize(proj(self.pooled), dim=-1) * self.lengths
         return class_text_from_raw(raw, self.sizes, self.logit_scale), losses
@@ -147,16 +144,3 @@ class EpisodeText:
         if self._last is None or self._last[0] != key:  # same episode, same head: train it once
             self._last = (key, self.heads[dataset.name].fit(x, labels, seed)[0])
         return self._last[1]
-
-
-def _global_output(image: torch.Tensor, text: torch.Tensor) -> HiCAOutput:
-    """The part of a :class:`HiCAOutput` that ``L_global`` reads (images and one description each)."""
-    empty = image.new_zeros(0, image.shape[1])
-    return HiCAOutput(
-        image_global=image,
-        local=image[:, None],
-        text_global=text,
-        text_protos=empty,
-        bank=empty,
-        bank_labels=torch.zeros(0, dtype=torch.long),
-    )

@@ -22,7 +22,7 @@ from hica.errors import HicaError
 from hica.model.attributes import AttributeVocab
 from hica.model.freeze import freeze_bn
 from hica.model.roi import masks_to_token_weights, proposal_roi
-from hica.model.text import pooled_sentences
+from hica.model.text import pooled_sentences_batched
 
 ROI_SMOOTH = 3  # the proposal's smoothing window on the token grid
 
@@ -47,9 +47,7 @@ class TextHead(nn.Module):
         self.vocab = AttributeVocab.of(descriptors, classes)
         flat = [p for ps in prompts for p in ps] + [a for as_ in attrs for a in as_] + self.vocab.phrases
         with torch.no_grad():
-            pooled = torch.cat(
-                [pooled_sentences(encoder, flat[i : i + 64]).float() for i in range(0, len(flat), 64)]
-            ).cpu()
+            pooled = pooled_sentences_batched(encoder, flat).cpu()
         n_p = sum(len(p) for p in prompts)
         n_a = n_p + sum(len(a) for a in attrs)
         self.register_buffer("prompt_pooled", pooled[:n_p])
