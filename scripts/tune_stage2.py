@@ -24,13 +24,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", required=True, type=Path)
     ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--only", help="run just this dataset (its parts are reused by a later full run)")
     args = ap.parse_args()
     spec = yaml.safe_load(args.config.read_text())
+    if args.only:
+        spec["datasets"] = {args.only: spec["datasets"][args.only]}
     rows = []
     for ds, enc in spec["datasets"].items():
         for setting in spec["grid"]:
             name = setting["name"]
-            margs = {k: v for k, v in setting.items() if k != "name"}
+            # ``base_args``: per dataset, settings every candidate shares (e.g. BUSI's freeze_stages 0).
+            own = {k: v for k, v in setting.items() if k != "name"}
+            margs = {**spec.get("base_args", {}).get(ds, {}), **own}
             cfg = validate_config(
                 {
                     "name": f"tune-{ds}-{name}",
@@ -57,16 +62,22 @@ def main() -> None:
                         "args": margs,
                         "k": k,
                         "val_accuracy": round(float(np.mean([r["metrics"]["accuracy"] for r in sel])), 4),
+                        "val_accuracy_std": round(float(np.std([r["metrics"]["accuracy"] for r in sel])), 4),
                         "val_auc": round(float(np.mean([r["metrics"]["auc"] for r in sel])), 4),
                         "fit_seconds": round(float(np.mean([r["fit_seconds"] for r in sel])), 1),
                     }
                 )
             print(rows[-1], flush=True)
     write_json(args.out / "summary.json", {"config": spec, "rows": rows})
-    lines = ["| dataset | setting | K | val accuracy | val AUC | fit s |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Validation split, seeds {spec['seeds']}; mean (std over seeds). Fit seconds: as the machine was.",
+        "",
+        "| dataset | setting | K | val accuracy | val AUC | fit s |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [
-        f"| {r['dataset']} | {r['setting']} | {r['k']} | {r['val_accuracy']:.3f} | {r['val_auc']:.3f} | "
-        f"{r['fit_seconds']} |"
+        f"| {r['dataset']} | {r['setting']} | {r['k']} | {r['val_accuracy']:.3f} "
+        f"({r['val_accuracy_std']:.3f}) | {r['val_auc']:.3f} | {r['fit_seconds']} |"
         for r in rows
     ]
     write_text(args.out / "summary.md", "\n".join(lines) + "\n")

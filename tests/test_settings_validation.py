@@ -149,6 +149,7 @@ HICA_DEFAULTS = {
     "use_cross": True,
     "freeze_stages": 3,
     "min_scale": 0.6,
+    "train_size": None,
     "roi_top_fraction": 0.2,
     "roi": "auto",
     "attributes": "image",

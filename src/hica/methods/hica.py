@@ -36,7 +36,7 @@ from typing import Annotated, Any, Literal
 
 import torch
 import torch.nn.functional as F
-from annotated_types import Le
+from annotated_types import Ge, Le
 from pydantic import model_validator
 
 from hica.errors import HicaError
@@ -89,6 +89,8 @@ class HiCASettings(MethodSettings):
     use_cross: bool = True
     freeze_stages: NonNegativeInt = 3
     min_scale: Fraction = 0.6
+    # Side of phase 2's training crops (None: the encoder's input); cost ~ side². Prediction: encoder's input.
+    train_size: Annotated[int, Ge(64), Le(1024)] | None = None
     roi_top_fraction: Fraction = 0.2
     roi: Literal["auto", "proposed"] = "auto"  # auto: masks where the support has them, else proposed
     # image: L_local on each support image's measured attribute values where the support has them (masks +
@@ -259,7 +261,8 @@ class HiCA(ImageMethod):
             p.requires_grad_(True)
         freeze_early(enc, cfg.freeze_stages)  # the stem and first stages keep their weights
         img_params = [p for p in enc.image_parameters() if p.requires_grad]
-        aug = training_augment(modality_of(data.descriptors.modality), spec.size, min_scale=cfg.min_scale)
+        size = cfg.train_size or spec.size
+        aug = training_augment(modality_of(data.descriptors.modality), size, min_scale=cfg.min_scale)
         mean = torch.tensor(spec.mean).view(3, 1, 1)
         std = torch.tensor(spec.std).view(3, 1, 1)
         raw = (data.support * std + mean).clamp(0, 1)  # back to [0, 1] for photometric augmentation
