@@ -34,12 +34,13 @@ def main() -> None:
         for setting in spec["grid"]:
             name = setting["name"]
             # ``base_args``: per dataset, settings every candidate shares (e.g. BUSI's freeze_stages 0).
-            own = {k: v for k, v in setting.items() if k != "name"}
+            # A setting may bring its own encoder (a lever of the encoder, e.g. resolution or backbone).
+            own = {k: v for k, v in setting.items() if k not in ("name", "encoder")}
             margs = {**spec.get("base_args", {}).get(ds, {}), **own}
             cfg = validate_config(
                 {
                     "name": f"tune-{ds}-{name}",
-                    "encoder": enc,
+                    "encoder": setting.get("encoder", enc),
                     "datasets": [ds],
                     "shots": spec["shots"],
                     "seeds": spec["seeds"],
@@ -60,6 +61,7 @@ def main() -> None:
                         "dataset": ds,
                         "setting": name,
                         "args": margs,
+                        "encoder": setting.get("encoder", enc),
                         "k": k,
                         "val_accuracy": round(float(np.mean([r["metrics"]["accuracy"] for r in sel])), 4),
                         "val_accuracy_std": round(float(np.std([r["metrics"]["accuracy"] for r in sel])), 4),

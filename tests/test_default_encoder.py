@@ -41,6 +41,32 @@ def test_state_dict_maps_completely() -> None:
     assert set(mapped) == set(model.state_dict())
 
 
+@pytest.mark.parametrize("backbone", ["lite1", "lite2"])
+def test_larger_lite_backbones_load_and_see_imagenet(backbone: str) -> None:
+    """Lite1 / Lite2 (issue 13 §3): their packaged weights map completely onto timm's model and classify."""
+    import timm
+
+    from hica.encoders.default import BACKBONES
+
+    raw = torch.load(packaged_image_weights(backbone), map_location="cpu", weights_only=True)
+    model = timm.create_model(BACKBONES[backbone][0], pretrained=False)
+    mapped = map_lukemelas_to_timm(raw, [len(s) for s in model.blocks])
+    assert len(mapped) == len(raw) and set(mapped) == set(model.state_dict())
+    with pytest.raises(KeyError, match="blocks"):
+        map_lukemelas_to_timm(raw)  # Lite0's 16 blocks: Lite1/2 have 21
+    trunk = load_lite0_trunk(backbone=backbone).eval()
+    enc = create_encoder("default", image_backbone=backbone, image_size=240)
+    assert enc.config["image_backbone"] == backbone and enc.config["image_size"] == 240
+    assert _top5(trunk, enc, skdata.chelsea())[0] in CATS
+    with pytest.raises(HicaError, match="image_backbone"):
+        load_lite0_trunk(backbone="lite9")
+
+
+def test_lite0_config_keys_are_unchanged(encoder) -> None:
+    """Lite0 (the default) keeps the config keys it always had, so feature caches and hashes stay valid."""
+    assert "image_backbone" not in encoder.config
+
+
 @pytest.mark.parametrize(
     ("name", "expected"),
     [("chelsea", CATS), ("coffee", {967, 968}), ("rocket", {657, 812})],

