@@ -238,3 +238,27 @@ def test_variants(episode, name: str, roi: str) -> None:
         assert {term for term in levels if term in terms} == on
     assert m.alpha in ALPHAS
     _check_probs(m.predict_proba(data.val), 3)
+
+
+def test_train_size_changes_phase_two_crops_only(episode, monkeypatch) -> None:
+    """``train_size`` sets the side of phase 2's augmented crops; prediction stays at the encoder's input."""
+    from hica.model.hica_model import HiCAModel
+
+    enc, data = episode
+    seen: list[tuple[int, int]] = []
+    forward = HiCAModel.forward
+
+    def spy(self, images, *args, **kwargs):
+        seen.append(tuple(images.shape[-2:]))
+        return forward(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(HiCAModel, "forward", spy)
+    plain = _fit("hica", enc, data)
+    assert seen and set(seen) == {(64, 64)}  # the encoder's input size
+    seen.clear()
+    small = _fit("hica", enc, data, train_size=96)
+    assert seen and set(seen) == {(96, 96)}
+    assert str(small.loss_log["train"]) != str(plain.loss_log["train"])
+    _check_probs(small.predict_proba(data.val), 3)
+    with pytest.raises(HicaError, match="train_size"):
+        HiCA(train_size=32)
