@@ -158,6 +158,7 @@ HICA_DEFAULTS = {
     "fixed_alpha": 0.5,
 }
 DEFAULTS["hica"] = HICA_DEFAULTS
+DEFAULTS["hica_fast"] = {**HICA_DEFAULTS, "steps": 15, "train_size": 160}
 DEFAULTS["hica_global_only"] = {**HICA_DEFAULTS, "use_local": False, "use_cross": False}
 DEFAULTS["hica_no_local"] = {**HICA_DEFAULTS, "use_local": False}
 DEFAULTS["hica_no_cross"] = {**HICA_DEFAULTS, "use_cross": False}
