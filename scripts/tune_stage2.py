@@ -1,7 +1,9 @@
 """Choose HiCA stage-2 hyperparameters on validation data only (never the test split).
 
 Runs the benchmark protocol with ``eval_split: val`` (each episode's own validation shots are left out of
-the scoring) for every setting of a grid, on each dataset's stage-1 encoder, and writes a table.
+the scoring) for every setting of a grid, on each dataset's encoder (``datasets``: name → encoder; a setting
+may bring its own ``encoder``; ``base_args``: per dataset, settings every candidate shares), and writes a
+table (mean and sample std over seeds).
 
     python scripts/tune_stage2.py --config configs/tuning/stage2.yaml --out results/tuning/stage2
 """
@@ -28,6 +30,9 @@ def main() -> None:
     args = ap.parse_args()
     spec = yaml.safe_load(args.config.read_text())
     if args.only:
+        if args.only not in spec["datasets"]:
+            known = ", ".join(spec["datasets"])
+            raise SystemExit(f"--only {args.only}: not a dataset of {args.config} (it has {known})")
         spec["datasets"] = {args.only: spec["datasets"][args.only]}
     rows = []
     for ds, enc in spec["datasets"].items():
@@ -64,7 +69,9 @@ def main() -> None:
                         "encoder": setting.get("encoder", enc),
                         "k": k,
                         "val_accuracy": round(float(np.mean([r["metrics"]["accuracy"] for r in sel])), 4),
-                        "val_accuracy_std": round(float(np.std([r["metrics"]["accuracy"] for r in sel])), 4),
+                        "val_accuracy_std": round(
+                            float(np.std([r["metrics"]["accuracy"] for r in sel], ddof=1)), 4
+                        ),
                         "val_auc": round(float(np.mean([r["metrics"]["auc"] for r in sel])), 4),
                         "fit_seconds": round(float(np.mean([r["fit_seconds"] for r in sel])), 1),
                     }

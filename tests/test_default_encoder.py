@@ -55,11 +55,14 @@ def test_larger_lite_backbones_load_and_see_imagenet(backbone: str) -> None:
     with pytest.raises(KeyError, match="blocks"):
         map_lukemelas_to_timm(raw)  # Lite0's 16 blocks: Lite1/2 have 21
     trunk = load_lite0_trunk(backbone=backbone).eval()
-    enc = create_encoder("default", image_backbone=backbone, image_size=240)
-    assert enc.config["image_backbone"] == backbone and enc.config["image_size"] == 240
+    size = {"lite1": 240, "lite2": 260}[backbone]  # their native resolutions
+    enc = create_encoder("default", image_backbone=backbone, image_size=size)
+    assert enc.config["image_backbone"] == backbone and enc.config["image_size"] == size
     assert _top5(trunk, enc, skdata.chelsea())[0] in CATS
     with pytest.raises(HicaError, match="image_backbone"):
         load_lite0_trunk(backbone="lite9")
+    with pytest.raises(HicaError, match="image_backbone"):
+        packaged_image_weights("lite9")
 
 
 def test_lite0_config_keys_are_unchanged(encoder) -> None:

@@ -6,6 +6,7 @@ grid, that the encoder passed in is left untouched, and seed determinism. Two st
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from pathlib import Path
 
@@ -262,3 +263,15 @@ def test_train_size_changes_phase_two_crops_only(episode, monkeypatch) -> None:
     _check_probs(small.predict_proba(data.val), 3)
     with pytest.raises(HicaError, match="train_size"):
         HiCA(train_size=32)
+    # an encoder that cannot take another side (a ViT's fixed position embeddings): a clear error up front
+    fixed = copy.deepcopy(enc)
+    encode = fixed.encode_image
+
+    def only_64(images):
+        if images.shape[-1] != 64:
+            raise RuntimeError("position embedding size mismatch")
+        return encode(images)
+
+    fixed.encode_image = only_64
+    with pytest.raises(HicaError, match=r"train_size 96 does not fit this encoder \(RuntimeError: position"):
+        _fit("hica", fixed, data, train_size=96)

@@ -253,7 +253,7 @@ class Stage2Config(StrictConfig):
     @classmethod
     def _hica(cls, v: str) -> str:
         if not v.startswith("hica"):
-            raise ValueError(f"method must be hica or one of its ablations (hica_*), got {v!r}")
+            raise ValueError(f"method must be hica or one of its presets (hica_*), got {v!r}")
         return v
 
     @field_validator("method_args")

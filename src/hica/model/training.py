@@ -1,4 +1,5 @@
-"""Training helpers shared by stage-1 pretraining and HiCA's fit: Fabric precision, early-stage freezing."""
+"""Training helpers shared by stage-1 pretraining and HiCA's fit: Fabric precision, early-stage freezing,
+the input-size check."""
 
 from __future__ import annotations
 
@@ -29,3 +30,19 @@ def freeze_early(encoder: nn.Module, stages: int) -> list[str]:
             p.requires_grad_(False)
         frozen.append(f"trunk.blocks.{i}")
     return frozen
+
+
+def check_input_size(encoder: nn.Module, size: int, device: torch.device, what: str) -> None:
+    """Raise a HicaError naming ``what`` unless ``encoder`` encodes a (1, 3, size, size) image (a ViT with
+    fixed position embeddings cannot take another side). Eval mode, no gradient: no state changes."""
+    from hica.errors import HicaError
+
+    was_training = encoder.training
+    encoder.eval()
+    try:
+        with torch.no_grad():
+            encoder.encode_image(torch.zeros(1, 3, size, size, device=device))
+    except Exception as e:
+        raise HicaError(f"{what} {size} does not fit this encoder ({type(e).__name__}: {e})") from e
+    finally:
+        encoder.train(was_training)
