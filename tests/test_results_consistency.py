@@ -66,6 +66,11 @@ COMPARISONS = [
         ],
         "results/hica/ablation_busi/paired.md",
     ),
+    (
+        "scripts/fast_stage2.py",
+        ["--run", "results/hica/fast/busi_k16", "--run", "results/hica/fast/chest_xray_k16"],
+        "results/hica/fast/before_after.md",
+    ),
 ]
 
 
