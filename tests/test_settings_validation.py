@@ -83,6 +83,7 @@ VALID: dict[str, dict] = {
     "hica_global_only": {"freeze_stages": 0, "temperature": 0.1},
     "hica_no_local": {"use_cross": False, "margin": 0.5},
     "hica_no_cross": {"min_scale": 1, "roi_top_fraction": 0.5},
+    "hica_fast": {"train_size": 192, "steps": 20},
     "hica_class_attributes": {"cross_scale": "logit", "fixed_alpha": 0.25},
 }
 
