@@ -19,17 +19,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from hica.eval.stats import paired_difference, paired_text
+from hica.eval.stats import paired_difference, paired_text, seed_summary
 from hica.io import write_json, write_text
 
 TARGET_SECONDS = 20.0
-
-
-def _stats(v: list[float]) -> dict[str, float]:
-    a = np.asarray(v, dtype=np.float64)
-    return {"mean": round(float(a.mean()), 4), "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4)}
 
 
 def compare(run: Path, before: str, after: str) -> dict[str, Any]:
@@ -53,11 +46,11 @@ def compare(run: Path, before: str, after: str) -> dict[str, Any]:
         rs = [by[name][s] for s in sorted(by[name])]
         out[name] = {
             "seeds": len(rs),
-            "accuracy": _stats([r["metrics"]["accuracy"] for r in rs]),
-            "auc": _stats([r["metrics"]["auc"] for r in rs]),
-            "total_seconds": _stats([r["total_seconds"] for r in rs]),
+            "accuracy": seed_summary([r["metrics"]["accuracy"] for r in rs]),
+            "auc": seed_summary([r["metrics"]["auc"] for r in rs]),
+            "total_seconds": seed_summary([r["total_seconds"] for r in rs]),
             "max_total_seconds": round(max(r["total_seconds"] for r in rs), 1),
-            "fit_seconds": _stats([r["fit_seconds"] for r in rs]),
+            "fit_seconds": seed_summary([r["fit_seconds"] for r in rs]),
         }
     for metric in ("accuracy", "auc"):
         out[f"delta_{metric}"] = paired_difference(

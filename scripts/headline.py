@@ -15,17 +15,14 @@ Each HiCA row is paired with every baseline; no "best baseline" is picked on tes
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from ablation_power import scores  # scripts/ is on sys.path when run as a script
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ablation_power import scores  # noqa: E402
-
-from hica.eval.stats import paired_difference, paired_text  # noqa: E402
-from hica.io import write_json, write_text  # noqa: E402
+from hica.eval.stats import bootstrap_mean_ci, paired_difference, paired_text, seed_summary
+from hica.io import write_json, write_text
 
 #: The issue's bars at K = 16 (mean over ≥ 10 seeds), per dataset name prefix (``--dataset``): metric → min.
 TARGETS = {
@@ -38,14 +35,8 @@ def mean_ci(values: list[float], n_boot: int = 10000, seed: int = 0) -> dict[str
     """Mean, sample std and a 95% bootstrap CI of the mean over seeds (NaN values left out)."""
     a = np.asarray(values, dtype=np.float64)
     a = a[np.isfinite(a)]
-    boots = a[np.random.default_rng(seed).integers(0, len(a), size=(n_boot, len(a)))].mean(1)
-    lo, hi = np.percentile(boots, [2.5, 97.5])
-    return {
-        "n": len(a),
-        "mean": round(float(a.mean()), 4),
-        "std": round(float(a.std(ddof=1)) if len(a) > 1 else 0.0, 4),
-        "ci95": [round(float(lo), 4), round(float(hi), 4)],
-    }
+    lo, hi = bootstrap_mean_ci(a, n_boot, seed)
+    return {"n": len(a), **seed_summary(a), "ci95": [round(lo, 4), round(hi, 4)]}
 
 
 def paired_rows(s: dict, ref: str, baselines: list[str], k: int, names: list[str]) -> list[dict[str, Any]]:

