@@ -53,6 +53,7 @@ def test_finetune_writes_model_and_summary(finetuned: Path) -> None:
     meta = json.loads((model / "config.json").read_text())["meta"]
     assert meta["classifier"]["classes"] == ["benign", "malignant", "normal"]
     assert meta["classifier"]["roi_source"] == "lesion masks (support set)"
+    assert meta["classifier"]["tta"] == "none"
     summary = json.loads((finetuned / "summary.json").read_text())
     assert summary["k"] == 1 and "test" not in summary
     assert (finetuned / "episode.json").is_file() and (finetuned / "train" / "log.csv").is_file()
@@ -100,6 +101,66 @@ def test_predict_bad_inputs(finetuned: Path, tmp_path: Path) -> None:
         ["predict", str(tmp_path / "nope.png"), "--checkpoint", str(finetuned / "model"), "--device", "cpu"],
     )
     assert isinstance(res.exception, HicaError) and "nope.png" in str(res.exception)
+
+
+def test_finetune_with_tta_exports_it_and_predict_uses_it(data_root: Path, tmp_path: Path) -> None:
+    """``tta: crops`` travels in the checkpoint: `hica predict` averages the six views' embeddings (not the
+    plain embedding), and a checkpoint naming an unknown kind is refused with the file named."""
+    import torch
+
+    from hica.data.sample import Sample, load_image
+    from hica.model.tta import embed_with_tta
+    from hica.predict import Predictor
+
+    cfg = _write(
+        tmp_path / "s2.yaml",
+        {
+            "encoder": {"name": "default", "args": {"image_size": 64}},
+            "dataset": "busi",
+            "k": 1,
+            "seed": 1,
+            "method_args": {"steps": 1, "head_steps": 2, "batch_size": 3, "tta": "crops"},
+            "evaluate_test": False,
+            "device": "cpu",
+            "precision": "fp32",
+        },
+    )
+    args = ["finetune", "--config", str(cfg), "--out", str(tmp_path / "run"), "--data-root", str(data_root)]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code == 0, (res.output, res.exception)
+    model = tmp_path / "run" / "model"
+    assert json.loads((model / "config.json").read_text())["meta"]["classifier"]["tta"] == "crops"
+    imgs = sorted((data_root / "busi" / "Dataset_BUSI_with_GT" / "benign").glob("benign (1*).png"))[:2]
+    out = tmp_path / "pred.csv"
+    res = CliRunner().invoke(
+        app,
+        [
+            "predict",
+            *map(str, imgs),
+            "--checkpoint",
+            str(model),
+            "--out",
+            str(out),
+            "--precision",
+            "fp32",
+            "--device",
+            "cpu",
+        ],
+    )
+    assert res.exit_code == 0, (res.output, res.exception)
+    got = torch.tensor(
+        [[float(r[f"p_{c}"]) for c in ("benign", "malignant", "normal")] for r in csv.DictReader(out.open())]
+    )
+    pred = Predictor(model, torch.device("cpu"), "fp32")
+    x = torch.stack([pred.encoder.preprocess(load_image(Sample(id=str(p), label=-1, path=p))) for p in imgs])
+    for kind, same in (("crops", True), ("none", False)):
+        probs = pred.probs_from_embeddings(embed_with_tta(pred.encoder, x, pred.device, "fp32", kind))
+        assert torch.allclose(got, probs, atol=1e-5) is same, kind
+    cfg_json = json.loads((model / "config.json").read_text())
+    cfg_json["meta"]["classifier"]["tta"] = "flip"
+    (model / "config.json").write_text(json.dumps(cfg_json))
+    with pytest.raises(HicaError, match=r"config\.json.*tta \(one of none, crops\)"):
+        Predictor(model, torch.device("cpu"), "fp32")
 
 
 @pytest.mark.parametrize(
@@ -186,7 +247,7 @@ def test_evaluate_scores_a_split_and_refuses_other_classes(
 def test_merge_matrix_sums_and_reorders() -> None:
     import torch
 
-    from hica.predict import merge_matrix
+    from hica.eval.merge import merge_matrix
 
     m = merge_matrix(
         ["benign", "malignant", "normal"], {"other": ["benign", "normal"]}, ["malignant", "other"], "x"

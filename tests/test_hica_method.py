@@ -275,3 +275,51 @@ def test_train_size_changes_phase_two_crops_only(episode, monkeypatch) -> None:
     fixed.encode_image = only_64
     with pytest.raises(HicaError, match=r"train_size 96 does not fit this encoder \(RuntimeError: position"):
         _fit("hica", fixed, data, train_size=96)
+
+
+def test_tta_views_are_the_image_and_five_crops() -> None:
+    from hica.model.tta import CROP_SIDE, check_tta, tta_views
+
+    x = torch.arange(2 * 3 * 16 * 16, dtype=torch.float32).reshape(2, 3, 16, 16)
+    assert len(tta_views(x, "none")) == 1 and tta_views(x, "none")[0] is x
+    views = tta_views(x, "crops")
+    assert len(views) == 6 and all(v.shape == x.shape for v in views) and torch.equal(views[0], x)
+    c = round(16 * CROP_SIDE)  # 14: centre crop rows/cols 1..14, corners at 0 and 2
+
+    def resize(t: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.interpolate(t, size=(16, 16), mode="bilinear", align_corners=False)
+
+    assert torch.allclose(views[1], resize(x[..., 1 : 1 + c, 1 : 1 + c]))
+    assert torch.allclose(views[5], resize(x[..., 2:, 2:]))
+    assert all(not torch.equal(a, b) for i, a in enumerate(views) for b in views[i + 1 :])  # six views
+    with pytest.raises(HicaError, match="one of none, crops"):
+        check_tta("flip")
+
+
+def test_tta_reaches_prediction_and_the_exported_predictor(episode) -> None:
+    """``tta: crops``: support prototypes, α search and prediction use the mean of the six view embeddings,
+    and the predictor of the fitted method (what `hica finetune` exports) predicts the same."""
+    from hica.model.tta import embed_with_tta, tta_views
+    from hica.predict import Predictor
+    from hica.runtime import embed_images
+
+    enc, data = episode
+    m = _fit("hica", enc, data, tta="crops")
+    plain = _fit("hica", enc, data)
+    images = torch.cat([data.val, data.support])
+    by_hand = torch.nn.functional.normalize(
+        sum(embed_images(m.model.encoder, v, CPU, "fp32") for v in tta_views(images, "crops")), dim=-1
+    )
+    assert torch.allclose(m.embed(images), by_hand, atol=1e-5)
+    assert torch.allclose(
+        embed_with_tta(m.model.encoder, images, CPU, "fp32", "crops", 2), by_hand, atol=1e-5
+    )
+    assert torch.allclose(m.image_protos, m._protos(by_hand[3:], data.support_labels, 3), atol=1e-5)
+    p = m.predict_proba(images)
+    _check_probs(p, 6)
+    assert torch.allclose(
+        plain.model.text.proj.weight, m.model.text.proj.weight
+    )  # TTA does not touch training
+    assert not torch.allclose(p, plain.predict_proba(images), atol=1e-4)
+    pred = Predictor.from_fitted(m, data.classes, CPU, "fp32")
+    assert pred.tta == "crops" and torch.allclose(pred.probs_of(images), p, atol=1e-5)

@@ -61,6 +61,7 @@ def test_models_show_cards_and_refuse_tampered_weights(served, data_root: Path) 
     tiny = models["tiny"]
     assert tiny["classes"] == ["benign", "malignant", "normal"] and tiny["k"] == 1
     assert tiny["card"].startswith("verified") and tiny["roi_source"] == "lesion masks (support set)"
+    assert tiny["tta"] == "none"
     assert tiny["encoder"]["lineage"].startswith("default→stage2(")
     assert tiny["metrics"]["validation"]["n"] == 3 and tiny["metrics"]["test"] is None
     assert any("not for clinical" in t for t in [tiny["intended_use"], *tiny["limits"]])

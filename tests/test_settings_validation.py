@@ -63,6 +63,8 @@ BAD = [
     ("zeroshot", {"k": 1}, "unknown argument(s) ['k']; known: []"),
     ("linear_probe", {"fixed_c": 0}, "fixed_c must be > 0, got 0"),
     ("hica", {"fixed_alpha": 1.5}, "fixed_alpha must be <= 1, got 1.5"),
+    ("hica", {"tta": "flip"}, "tta must be 'none' or 'crops', got 'flip'"),
+    ("hica_fast", {"lesion_crop": -0.1}, "lesion_crop must be >= 0"),
     ("finetune", {"fixed_step": "best"}, "fixed_step must be 'last', got 'best'"),
     ("knn", {"fixed_k": 1.5}, "fixed_k must be an integer, got 1.5"),
 ]
@@ -83,7 +85,7 @@ VALID: dict[str, dict] = {
     "hica_global_only": {"freeze_stages": 0, "temperature": 0.1},
     "hica_no_local": {"use_cross": False, "margin": 0.5},
     "hica_no_cross": {"min_scale": 1, "roi_top_fraction": 0.5},
-    "hica_fast": {"train_size": 192, "steps": 20},
+    "hica_fast": {"train_size": 192, "steps": 20, "lesion_crop": 0.5, "tta": "crops"},
     "hica_class_attributes": {"cross_scale": "logit", "fixed_alpha": 0.25},
 }
 
@@ -151,6 +153,8 @@ HICA_DEFAULTS = {
     "freeze_stages": 3,
     "min_scale": 0.6,
     "train_size": None,
+    "lesion_crop": 0.0,
+    "tta": "none",
     "roi_top_fraction": 0.2,
     "roi": "auto",
     "attributes": "image",

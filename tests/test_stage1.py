@@ -113,6 +113,36 @@ def test_augment_moves_mask_with_image(modality: str) -> None:
     assert np.mean(ious) > 0.85 and min(ious) > 0.7, ious
 
 
+def test_lesion_crop_centres_on_the_lesion_and_leaves_lesion_free_images_alone() -> None:
+    """lesion_crop=1: every crop keeps the whole (small) lesion in view and enlarges it (its box × 1.5–2.5,
+    at least 0.4 of the side); images without a lesion, or without a mask, draw exactly the usual crop."""
+    h = w = 96
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    mask[70:80, 10:20] = True  # 10 × 10 px, off-centre: 1.1% of the image
+    img = torch.full((3, h, w), 0.05)
+    img[:, mask] = 0.95
+    lesion, plain = training_augment("ultrasound", 48, lesion_crop=1.0), training_augment("ultrasound", 48)
+    torch.manual_seed(3)
+    shares = []
+    for _ in range(20):
+        _, m = lesion(img, mask)
+        shares.append(float(m.mean()))
+    # 100 px of lesion in a crop of side 38.4–96 px (0.4 × 96 is the floor): 1.1–6.8% of the crop,
+    # against ~1.1–1.8% for the usual crop; the whole lesion stays in view (rotation ≤ 10° clips corners).
+    assert min(shares) > 0.05, shares
+    torch.manual_seed(3)
+    usual = [float(plain(img, mask)[1].mean()) for _ in range(20)]
+    assert max(usual) < 0.025, usual
+    for m_in in (torch.zeros(h, w, dtype=torch.bool), None):
+        torch.manual_seed(4)
+        a = lesion(img, m_in)
+        torch.manual_seed(4)
+        b = plain(img, m_in)
+        assert torch.equal(a[0], b[0])
+    with pytest.raises(HicaError, match="lesion_crop"):
+        training_augment("ultrasound", 48, lesion_crop=1.5)
+
+
 def test_augment_is_deterministic_under_torch_seed() -> None:
     img, mask = _square_image()
     aug = training_augment("ultrasound", 32)

@@ -80,10 +80,9 @@ def explain_image(
     x = predictor.encoder.preprocess(pil)[None].to(predictor.device)
     with autocast(predictor.device, predictor.precision):
         feats = predictor.encoder.encode_image(x)
-    g = F.normalize(feats.global_.float(), dim=-1)
     tok = F.normalize(feats.local.float()[0], dim=-1)  # (N, D)
     t = predictor.text_protos.float()
-    probs = predictor.probs_from_embeddings(g)[0].numpy()
+    probs = predictor.probs_of(x)[0].numpy()  # as `hica predict` (with the checkpoint's TTA)
     h, w = feats.grid
     maps = similarity_maps(feats.local[:1], feats.grid, t)[0]  # (C, h, w)
     lo, hi = maps.min(), maps.max()

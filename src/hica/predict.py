@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from hica.data.sample import IMAGE_EXTENSIONS, Sample, is_image_file, load_image
 from hica.errors import HicaError
 from hica.io import write_text
+from hica.model.tta import TTA_KINDS, embed_with_tta
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -37,7 +37,8 @@ def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
 
 
 def _check_classifier_meta(clf: Any, cfg_path: Path) -> None:
-    """``meta.classifier`` of a model's config.json: classes (strings), alpha and temperature (numbers)."""
+    """``meta.classifier`` of a model's config.json: classes (strings), alpha and temperature (numbers), and
+    ``tta`` (a test-time augmentation kind; absent in checkpoints made before it: none)."""
 
     def number(v: Any) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
@@ -50,11 +51,13 @@ def _check_classifier_meta(clf: Any, cfg_path: Path) -> None:
         and number(clf.get("alpha"))
         and number(clf.get("temperature"))
         and clf["temperature"] > 0
+        and clf.get("tta", "none") in TTA_KINDS
     )
     if not ok:
         raise HicaError(
             f"checkpoint {cfg_path}: meta.classifier must hold classes (a list of names), alpha and "
-            "temperature (numbers, temperature > 0); the file is damaged or hand-edited"
+            f"temperature (numbers, temperature > 0) and, if any, tta (one of {', '.join(TTA_KINDS)}); the "
+            "file is damaged or hand-edited"
         )
 
 
@@ -120,6 +123,7 @@ class Predictor:
             device,
             precision,
             meta,
+            clf.get("tta", "none"),
         )
 
     def _set(
@@ -134,8 +138,10 @@ class Predictor:
         device: torch.device,
         precision: str,
         meta: dict[str, Any],
+        tta: str = "none",
     ) -> None:
         self.path = path
+        self.tta = tta  # test-time augmentation of every embedding (hica.model.tta)
         self.classes: list[str] = list(classes)
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.meta = meta
@@ -155,12 +161,23 @@ class Predictor:
         device: torch.device,
         precision: str,
         name: str = "<in memory>",
+        tta: str = "none",
     ) -> Predictor:
         """A predictor around an encoder and classifier already in memory (no checkpoint on disk)."""
         self = cls.__new__(cls)
         self.card = {}
         self._set(
-            Path(name), encoder, classes, text_protos, image_protos, alpha, temperature, device, precision, {}
+            Path(name),
+            encoder,
+            classes,
+            text_protos,
+            image_protos,
+            alpha,
+            temperature,
+            device,
+            precision,
+            {},
+            tta,
         )
         return self
 
@@ -177,6 +194,7 @@ class Predictor:
             device,
             precision,
             name=f"<fitted {method.name}>",
+            tta=method.config.tta,
         )
 
     def use_descriptors(self, name_or_path: str) -> None:
@@ -210,12 +228,10 @@ class Predictor:
 
     @torch.no_grad()
     def probs_of(self, images: torch.Tensor) -> torch.Tensor:
-        """(N, 3, H, W) preprocessed images → (N, C) class probabilities on CPU."""
-        from hica.runtime import autocast
-
-        with autocast(self.device, self.precision):
-            f = self.encoder.encode_image(images.to(self.device)).global_
-        return self.probs_from_embeddings(F.normalize(f.float(), dim=-1))
+        """(N, 3, H, W) preprocessed images → (N, C) class probabilities on CPU (with the checkpoint's
+        test-time augmentation)."""
+        emb = embed_with_tta(self.encoder, images, self.device, self.precision, self.tta, max(1, len(images)))
+        return self.probs_from_embeddings(emb)
 
     def probs_from_embeddings(self, emb: torch.Tensor) -> torch.Tensor:
         """(N, D) normalised image embeddings → (N, C) class probabilities on CPU."""
@@ -282,56 +298,6 @@ def classify_files(
     return kept, skipped
 
 
-def parse_merge(items: Sequence[str] | None) -> dict[str, list[str]]:
-    """``NEW=A+B`` items (``--merge``) → ``{NEW: [A, B]}``."""
-    out: dict[str, list[str]] = {}
-    for item in items or []:
-        new, eq, old = item.partition("=")
-        parts = [c.strip() for c in old.split("+") if c.strip()]
-        if not (eq and new.strip() and parts):
-            raise HicaError(
-                f"--merge {item!r} must look like NEW=CLASS+CLASS, e.g. benign_or_normal=benign+normal"
-            )
-        out[new.strip()] = parts
-    return out
-
-
-def merge_matrix(
-    classes: list[str],
-    merge: dict[str, list[str]],
-    target: list[str],
-    source: str,
-    other: Sequence[str] = (),
-) -> torch.Tensor:
-    """(C_model, C_target) 0/1 matrix summing model-class probabilities into ``target`` classes.
-
-    A target class is the sum of the model classes ``merge`` lists for it, else the model class of the same
-    name; every model class must land in exactly one target class. ``merge`` may also name classes of the
-    data (``other``), which only relabel the data."""
-    used = [c for parts in merge.values() for c in parts]
-    unknown = sorted(set(used) - set(classes) - set(other))
-    if unknown:
-        raise HicaError(
-            f"--merge names class(es) {unknown} that neither {source} ({classes}) nor the data has"
-        )
-    if len(used) != len(set(used)):
-        raise HicaError(f"--merge uses a class twice: {used}")
-    m = torch.zeros(len(classes), len(target))
-    for j, t in enumerate(target):
-        for c in [c for c in merge.get(t, []) if c in classes] or (
-            [t] if t in classes and t not in used else []
-        ):
-            m[classes.index(c), j] = 1
-    if (m.sum(1) != 1).any() or (m.sum(0) == 0).any():
-        raise HicaError(
-            f"{source} was trained for classes {classes}, which do not map onto {target}: evaluate it on "
-            "data with the same classes, merge classes with --merge NEW=CLASS+CLASS (e.g. "
-            "benign_or_normal=benign+normal), or use `hica predict --zero-shot --descriptors` for other "
-            "classes"
-        )
-    return m
-
-
 def evaluate(
     predictor: Predictor,
     dataset: Any,
@@ -346,6 +312,7 @@ def evaluate(
     dataset that has the merged classes itself gets its labels merged the same way."""
     import numpy as np
 
+    from hica.eval.merge import merge_matrix
     from hica.eval.metrics import classification_metrics, confusion
 
     merge = merge or {}

@@ -70,8 +70,9 @@ def evaluate(
     precision: Precision = "auto",
 ) -> None:
     """Score a HiCA checkpoint on a dataset split with the same (or merged) classes, e.g. at another size."""
+    from hica.eval.merge import parse_merge
     from hica.io import write_json
-    from hica.predict import evaluate_dataset, load_predictor, parse_merge
+    from hica.predict import evaluate_dataset, load_predictor
 
     merged = parse_merge(merge)
     if out:

@@ -61,6 +61,7 @@ def export_classifier(method: Any, encoder_cfg: dict[str, Any], base_fp: Any, ou
                 "classes": meta["classes"],
                 "alpha": method.alpha,
                 "temperature": method.hparams["temperature"],
+                "tta": method.config.tta,
                 "roi_source": method.roi_source,
                 "method": method.name,
                 "hparams": method.hparams,

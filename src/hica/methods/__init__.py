@@ -4,6 +4,7 @@ from hica.methods import (  # noqa: F401  (registration)
     clap,
     finetune,
     hica,
+    hica_presets,
     linear_probe,
     lp_plus_plus,
     prototype,

@@ -22,9 +22,12 @@ Every step's named loss terms (both phases) are kept in ``loss_log``.
 
 Prediction: cosine to the aligned class-text prototypes blended with cosine to the support-image prototypes,
 ``α·cos(f, t_c) + (1 − α)·cos(f, μ_c)``, α chosen on the episode's validation shots (ties: lower validation
-loss, then larger α), or ``fixed_alpha`` without any (realistic protocol); zero-shot is α = 1.
+loss, then larger α), or ``fixed_alpha`` without any (realistic protocol); zero-shot is α = 1. With
+``tta: crops`` every embedding (support, validation, test, an exported checkpoint's) averages six fixed views
+(``hica.model.tta``). ``lesion_crop``: that share of phase 2's crops centred on the support lesion masks.
 
-The ablations and ``hica_fast`` are presets of the settings (``PRESETS``), registered under their names.
+The ablations and ``hica_fast`` are presets of the settings (``hica.methods.hica_presets``), registered under
+their names.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ from pydantic import model_validator
 
 from hica.errors import HicaError
 from hica.losses import HierarchicalLoss
-from hica.methods.base import ImageFewShotData, ImageMethod, register_method
+from hica.methods.base import ImageFewShotData, ImageMethod
 from hica.methods.settings import (
     Fraction,
     MethodSettings,
@@ -49,7 +52,6 @@ from hica.methods.settings import (
     NonNegativeInt,
     PositiveFloat,
     PositiveInt,
-    with_defaults,
 )
 from hica.model.attributes import model_value_posteriors, value_log_prior
 from hica.model.augment import augmented_batches, modality_of, training_augment
@@ -57,7 +59,8 @@ from hica.model.hica_model import HiCAModel, TextHead
 from hica.model.imagedata import InputSpec, input_spec
 from hica.model.roi import masks_to_token_weights
 from hica.model.training import check_input_size, fabric_precision, freeze_early
-from hica.runtime import autocast, embed_images, reproducible
+from hica.model.tta import TTA, embed_with_tta
+from hica.runtime import autocast, reproducible
 
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0)
 LossTerms = dict[str, torch.Tensor]
@@ -91,6 +94,9 @@ class HiCASettings(MethodSettings):
     min_scale: Fraction = 0.6
     # Side of phase 2's training crops (None: the encoder's input); cost ~ side². Prediction: encoder's input.
     train_size: Annotated[int, Ge(64), Le(1024)] | None = None
+    # Probability of a lesion-centred training crop for a support image with a lesion mask (0: none).
+    lesion_crop: Annotated[NonNegativeFloat, Le(1)] = 0.0
+    tta: TTA = "none"  # test-time augmentation of every embedding (hica.model.tta); reaches checkpoints
     roi_top_fraction: Fraction = 0.2
     roi: Literal["auto", "proposed"] = "auto"  # auto: masks where the support has them, else proposed
     # image: L_local on each support image's measured attribute values where the support has them (masks +
@@ -105,17 +111,6 @@ class HiCASettings(MethodSettings):
         if not (self.use_global or self.use_local or self.use_cross):
             raise ValueError("use_global, use_local and use_cross are all off: there is nothing to train")
         return self
-
-
-#: HiCA, its ablations and its fast setting: preset name (the registry name) → the defaults it changes.
-PRESETS: dict[str, dict[str, Any]] = {
-    "hica": {},
-    "hica_fast": {"train_size": 160, "steps": 15},  # issue 13 §5, chosen on validation (results/tuning)
-    "hica_global_only": {"use_local": False, "use_cross": False},  # L_global only
-    "hica_no_local": {"use_local": False},  # without L_local
-    "hica_no_cross": {"use_cross": False},  # without L_cross
-    "hica_class_attributes": {"attributes": "class"},  # L_local on class-level phrases (the first round's)
-}
 
 
 def make_loss(cfg: HiCASettings) -> HierarchicalLoss:
@@ -262,7 +257,8 @@ class HiCA(ImageMethod):
         size = cfg.train_size or spec.size
         if size != spec.size:
             check_input_size(enc, size, device, f"method {self.name}: train_size")
-        aug = training_augment(modality_of(data.descriptors.modality), size, min_scale=cfg.min_scale)
+        modality = modality_of(data.descriptors.modality)
+        aug = training_augment(modality, size, min_scale=cfg.min_scale, lesion_crop=cfg.lesion_crop)
         mean = torch.tensor(spec.mean).view(3, 1, 1)
         std = torch.tensor(spec.std).view(3, 1, 1)
         raw = (data.support * std + mean).clamp(0, 1)  # back to [0, 1] for photometric augmentation
@@ -363,7 +359,9 @@ class HiCA(ImageMethod):
     def embed(self, images: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
         """(N, 3, H, W) preprocessed images → (N, D) normalised embeddings of the aligned image tower."""
         assert self.model is not None
-        return embed_images(self.model.encoder, images, self._device, self._precision, batch_size)
+        return embed_with_tta(
+            self.model.encoder, images, self._device, self._precision, self.config.tta, batch_size
+        )
 
     @staticmethod
     def _protos(emb: torch.Tensor, labels: torch.Tensor, c: int) -> torch.Tensor:
@@ -379,22 +377,3 @@ class HiCA(ImageMethod):
 
 def _floats(log: list[LossTerms]) -> list[dict[str, float]]:
     return [{k: float(v) for k, v in t.items()} for t in log]
-
-
-def preset_method(name: str) -> type[HiCA]:
-    """The method class of preset ``name``: ``HiCA`` itself, or a subclass whose only change is the preset's
-    defaults (same settings, types and ranges; what ``method_registry()[name]`` returns)."""
-    overrides = PRESETS[name]
-    if not overrides:
-        return HiCA
-
-    class Preset(HiCA):
-        Settings = with_defaults(HiCASettings, f"{name}_settings", **overrides)
-
-    Preset.__name__ = Preset.__qualname__ = name
-    Preset.__doc__ = f"HiCA preset {name!r}: {', '.join(f'{k}={v}' for k, v in overrides.items())}."
-    return Preset
-
-
-for _name in PRESETS:
-    register_method(_name)(preset_method(_name))

@@ -16,6 +16,7 @@ from typing import Literal
 import torch
 from torchvision import tv_tensors
 from torchvision.transforms import v2 as T
+from torchvision.transforms.v2 import functional as TF
 
 from hica.errors import HicaError
 from hica.model.imagedata import InputSpec
@@ -67,20 +68,62 @@ class RandomGamma(T.Transform):
         return _like(inpt.clamp(0, 1) ** params["gamma"], inpt)
 
 
+class LesionCrop(T.Transform):
+    """With probability ``p``, a square crop centred on the lesion of the image's mask (its bounding box's
+    longer side × U(``context``), at least ``min_side`` of the image's shorter side, centre jittered by ±10%
+    of the crop), resized to ``size``; otherwise, and for an image without a mask or with an empty one, the
+    usual random resized crop. Image and mask are cropped alike (the mask with nearest-neighbour sampling)."""
+
+    def __init__(
+        self,
+        size: int,
+        p: float,
+        min_scale: float = 0.6,
+        context: tuple[float, float] = (1.5, 2.5),
+        min_side: float = 0.4,
+    ) -> None:
+        super().__init__()
+        self.size, self.p, self.context, self.min_side = size, p, context, min_side
+        self.fallback = T.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.85, 1.18), antialias=True)
+
+    def make_params(self, flat_inputs: list) -> dict:  # noqa: D102
+        params = self.fallback.make_params(flat_inputs)
+        mask = next((x for x in flat_inputs if isinstance(x, tv_tensors.Mask)), None)
+        if mask is None or not bool((mask > 0.5).any()):
+            return params  # no draw: an image without a lesion is augmented as with lesion_crop 0
+        if not bool(torch.rand(()) < self.p):
+            return params
+        h, w = mask.shape[-2:]
+        ys, xs = torch.nonzero(mask.reshape(h, w) > 0.5, as_tuple=True)
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        grow = float(torch.empty(()).uniform_(*self.context))
+        side = min(min(h, w), max(round(max(y1 - y0, x1 - x0) * grow), round(self.min_side * min(h, w))))
+        jitter = (0.1 * side * (2 * torch.rand(2) - 1)).tolist()
+        top = min(max(round((y0 + y1) / 2 + jitter[0] - side / 2), 0), h - side)
+        left = min(max(round((x0 + x1) / 2 + jitter[1] - side / 2), 0), w - side)
+        return {"top": top, "left": left, "height": side, "width": side}
+
+    def transform(self, inpt, params):  # noqa: D102
+        return self._call_kernel(TF.resized_crop, inpt, **params, size=[self.size, self.size], antialias=True)
+
+
 def training_augment(
-    modality: Modality, size: int, min_scale: float = 0.6, strength: float = 1.0
+    modality: Modality, size: int, min_scale: float = 0.6, strength: float = 1.0, lesion_crop: float = 0.0
 ) -> Callable[[torch.Tensor, torch.Tensor | None], tuple[torch.Tensor, torch.Tensor | None]]:
     """``aug(image, mask)``: ``image`` (C, H, W) float in [0, 1] (before normalisation), ``mask`` (H, W)
-    bool/float or None → (image (C, size, size), mask (size, size) float or None)."""
+    bool/float or None → (image (C, size, size), mask (size, size) float or None). ``lesion_crop``: the
+    probability of a lesion-centred crop (:class:`LesionCrop`) for an image with a lesion mask."""
     if modality not in MODALITIES:
         raise HicaError(f"augmentation modality must be one of {MODALITIES}, got {modality!r}")
     if not (0 < min_scale <= 1):
         raise HicaError(f"min_scale must be in (0, 1], got {min_scale!r}")
+    if not (0 <= lesion_crop <= 1):
+        raise HicaError(f"lesion_crop must be a probability in [0, 1], got {lesion_crop!r}")
     s = float(strength)
-    geo = [
-        T.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.85, 1.18), antialias=True),
-        T.RandomApply([T.RandomRotation(10)], p=0.5),
-    ]
+    crop = T.RandomResizedCrop(size, scale=(min_scale, 1.0), ratio=(0.85, 1.18), antialias=True)
+    if lesion_crop > 0:
+        crop = LesionCrop(size, lesion_crop, min_scale)
+    geo = [crop, T.RandomApply([T.RandomRotation(10)], p=0.5)]
     if modality == "xray":
         photo = [
             T.ColorJitter(brightness=0.3 * s, contrast=0.3 * s),

@@ -138,6 +138,7 @@ class ModelRegistry:
             + list(c.get("app", {}).get("metric_notes") or []),
             "roi_source": c.get("roi_source") or clf.get("roi_source"),
             "alpha": clf.get("alpha"),
+            "tta": clf.get("tta", "none"),
             "descriptors": _desc_label(self.descriptors_of(name)),
             "intended_use": c.get("intended_use") or modelcard.RESEARCH_ONLY,
             "limits": _limit_texts(c.get("limits")) or [modelcard.RESEARCH_ONLY],
