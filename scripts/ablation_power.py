@@ -35,28 +35,43 @@ WHAT = {
 }
 
 
-def scores(run: Path) -> tuple[dict[tuple[str, int, int], dict[str, float]], list[str]]:
-    """(method, K, seed) → {accuracy, auc, auc/<positive class>}; and the metric names."""
+def scores(
+    run: Path, dataset: str | None = None, label: str = ""
+) -> tuple[dict[tuple[str, int, int], dict[str, float]], list[str]]:
+    """(method, K, seed) → {accuracy, auc, auc/<positive class>}; and the metric names. ``dataset``: only
+    that dataset's episodes (its name without the ``[split file]`` suffix; a run of several datasets needs
+    it); ``label``: appended to every method name as ``method:label`` (two runs of one method)."""
+
+    def keep(name: str) -> bool:
+        return dataset is None or name.split("[")[0] == dataset
+
+    def key(method: str, k: Any, seed: Any) -> tuple[str, int, int]:
+        return (f"{method}:{label}" if label else method, int(k), int(seed))
+
     m = json.loads((run / "metrics.json").read_text())
+    runs = [r for r in m["runs"] if keep(r["dataset"])]
+    if len({r["dataset"] for r in runs}) > 1:
+        raise SystemExit(f"{run} holds several datasets: name one (--dataset)")
     out: dict[tuple[str, int, int], dict[str, float]] = {}
-    for r in m["runs"]:
-        out[(r["method"], r["k"], r["seed"])] = {
+    for r in runs:
+        out[key(r["method"], r["k"], r["seed"])] = {
             "accuracy": r["metrics"]["accuracy"],
             "auc": r["metrics"]["auc"],
         }
     rows: dict[tuple[str, int, int], list[dict[str, str]]] = defaultdict(list)
     with (run / "predictions.csv").open() as f:
         for row in csv.DictReader(f):
-            rows[(row["method"], int(row["k"]), int(row["seed"]))].append(row)
+            if keep(row["dataset"]):
+                rows[key(row["method"], row["k"], row["seed"])].append(row)
     names = ["accuracy", "auc"]
-    classes = m["runs"][0].get("classes") or []
+    classes = runs[0].get("classes") or [] if runs else []
     if "malignant" in classes:
         c = classes.index("malignant")
         names.append("auc/malignant")
-        for key, rs in rows.items():
+        for k, rs in rows.items():
             y = np.array([classes.index(r["label"]) for r in rs])
             p = np.array([[float(r[f"p{i}"]) for i in range(len(classes))] for r in rs])
-            out[key]["auc/malignant"] = one_vs_rest_auc(y, p, c)
+            out[k]["auc/malignant"] = one_vs_rest_auc(y, p, c)
     return out, names
 
 

@@ -55,15 +55,21 @@ def paired_rows(s: dict, ref: str, baselines: list[str], k: int, names: list[str
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--run", required=True, type=Path, action="append", help="a benchmark run (repeatable)")
+    ap.add_argument(
+        "--run",
+        required=True,
+        action="append",
+        help="a benchmark run (repeatable); PATH:LABEL names its methods METHOD:LABEL (e.g. other text head)",
+    )
     ap.add_argument("--reference", default="hica", help="the HiCA method of the headline")
     ap.add_argument("--dataset", required=True, help="dataset name for the targets (busi, chest_xray)")
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args()
     s: dict = {}
     names: list[str] = []
-    for run in args.run:  # the same (method, K, seed) in two runs is the same episode and computation
-        more, names = scores(run)
+    for spec in args.run:  # the same (method, K, seed) in two runs is the same episode and computation
+        path, _, label = spec.partition(":")
+        more, names = scores(Path(path), args.dataset, label)
         s.update(more)
     ref = args.reference
     found = sorted({m for m, _, _ in s})

@@ -1,11 +1,14 @@
-"""Choose HiCA stage-2 hyperparameters on validation data only (never the test split).
+"""Choose HiCA stage-2 hyperparameters on validation data only.
 
 Runs the benchmark protocol with ``eval_split: val`` (each episode's own validation shots are left out of
 the scoring) for every setting of a grid, on each dataset's encoder (``datasets``: name → encoder; a setting
 may bring its own ``encoder``; ``base_args``: per dataset, settings every candidate shares), and writes a
-table (mean and sample std over seeds).
+table (mean and sample std over seeds; where the dataset has a ``malignant`` class, its one-vs-rest AUC).
 
     python scripts/tune_stage2.py --config configs/tuning/stage2.yaml --out results/tuning/stage2
+
+A spec with ``eval_split: test`` reports settings on the test split instead: only for choices already made
+on validation (e.g. each lever's test numbers after the validation rule decided), never to choose.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import numpy as np
 import yaml
 
 from hica.config import validate_config
+from hica.eval.metrics import one_vs_rest_auc
 from hica.io import write_json, write_text
 from hica.jobs.benchmark import run_benchmark
 
@@ -34,6 +38,9 @@ def main() -> None:
             known = ", ".join(spec["datasets"])
             raise SystemExit(f"--only {args.only}: not a dataset of {args.config} (it has {known})")
         spec["datasets"] = {args.only: spec["datasets"][args.only]}
+    split = spec.get("eval_split", "val")
+    if split not in ("val", "test"):
+        raise SystemExit(f"{args.config}: eval_split must be val or test, got {split!r}")
     rows = []
     for ds, enc in spec["datasets"].items():
         for setting in spec["grid"]:
@@ -53,7 +60,7 @@ def main() -> None:
                     "methods": [spec.get("method", "hica")],
                     "method_args": {spec.get("method", "hica"): margs},
                     "bootstrap": 10,
-                    "eval_split": "val",
+                    "eval_split": split,
                 },
                 str(args.config),
             )
@@ -62,34 +69,37 @@ def main() -> None:
             recs = [json.loads(p.read_text()) for p in parts]
             for k in spec["shots"]:
                 sel = [r for r in recs if r["k"] == k]
-                rows.append(
-                    {
-                        "dataset": ds,
-                        "setting": name,
-                        "args": margs,
-                        "encoder": encoder,
-                        "k": k,
-                        "val_accuracy": round(float(np.mean([r["metrics"]["accuracy"] for r in sel])), 4),
-                        "val_accuracy_std": round(
-                            float(np.std([r["metrics"]["accuracy"] for r in sel], ddof=1)), 4
-                        ),
-                        "val_auc": round(float(np.mean([r["metrics"]["auc"] for r in sel])), 4),
-                        "fit_seconds": round(float(np.mean([r["fit_seconds"] for r in sel])), 1),
-                    }
-                )
+                acc = [r["metrics"]["accuracy"] for r in sel]
+                row = {"dataset": ds, "setting": name, "args": margs, "encoder": encoder, "k": k}
+                row[f"{split}_accuracy"] = round(float(np.mean(acc)), 4)
+                row[f"{split}_accuracy_std"] = round(float(np.std(acc, ddof=1)), 4)
+                row[f"{split}_auc"] = round(float(np.mean([r["metrics"]["auc"] for r in sel])), 4)
+                if "malignant" in sel[0]["classes"]:
+                    c = sel[0]["classes"].index("malignant")
+                    mal = [one_vs_rest_auc(np.array(r["test_labels"]), np.array(r["probs"]), c) for r in sel]
+                    row[f"{split}_auc_malignant"] = round(float(np.mean(mal)), 4)
+                row["fit_seconds"] = round(float(np.mean([r["fit_seconds"] for r in sel])), 1)
+                rows.append(row)
             print(rows[-1], flush=True)
     write_json(args.out / "summary.json", {"config": spec, "rows": rows})
+    what = {"val": "Validation", "test": "Test"}[split]
+    mal = any(f"{split}_auc_malignant" in r for r in rows)
     lines = [
-        f"Validation split, seeds {spec['seeds']}; mean (std over seeds). Fit seconds: as the machine was.",
+        f"{what} split, seeds {spec['seeds']}; mean (std over seeds). Fit seconds: as the machine was.",
         "",
-        "| dataset | setting | K | val accuracy | val AUC | fit s |",
-        "|---|---|---|---|---|---|",
+        f"| dataset | setting | K | {split} accuracy | {split} AUC |"
+        + (f" {split} malignant AUC |" if mal else "")
+        + " fit s |",
+        "|---|---|---|---|---|" + ("---|" if mal else "") + "---|",
     ]
-    lines += [
-        f"| {r['dataset']} | {r['setting']} | {r['k']} | {r['val_accuracy']:.3f} "
-        f"({r['val_accuracy_std']:.3f}) | {r['val_auc']:.3f} | {r['fit_seconds']} |"
-        for r in rows
-    ]
+    for r in rows:
+        m = r.get(f"{split}_auc_malignant")
+        lines.append(
+            f"| {r['dataset']} | {r['setting']} | {r['k']} | {r[f'{split}_accuracy']:.3f} "
+            f"({r[f'{split}_accuracy_std']:.3f}) | {r[f'{split}_auc']:.3f} |"
+            + ((f" {m:.3f} |" if m is not None else " – |") if mal else "")
+            + f" {r['fit_seconds']} |"
+        )
     write_text(args.out / "summary.md", "\n".join(lines) + "\n")
 
 
