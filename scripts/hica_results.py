@@ -237,7 +237,7 @@ def main() -> None:
                     f"**{h:.3f}** vs {b:.3f} ({name})" if h >= b else f"{h:.3f} vs **{b:.3f}** ({name})"
                 )
             summ.append(f"| {ds} | {metric} | " + " | ".join(cells) + " |")
-    write_text(args.out.with_name("summary.md"), "\n".join(summ) + "\n")
+    write_text(args.out.with_name("summary_round1.md"), "\n".join(summ) + "\n")
     write_json(args.out.with_name("targets.json"), checks)
     print("\n".join(lines))
 

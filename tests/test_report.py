@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from hica.cli import app
 from hica.errors import HicaError
-from hica.report.build import build_report, parse_order, parse_renames
+from hica.report.build import build_report, parse_drops, parse_order, parse_renames
 from hica.report.html import markdown_to_html
 from hica.report.tables import summarize
 
@@ -120,6 +120,26 @@ def test_rename_order_and_duplicates(tmp_path: Path) -> None:
     assert f"--rename '{b}:hica=hica_no_stage1'" in md
     for p in res["figures"]:
         _check_png(p)
+
+
+def test_drop_leaves_one_runs_method_out(tmp_path: Path) -> None:
+    """Two runs holding the same method for the same episodes: ``--drop`` keeps one; the report says so and
+    its reproduce command carries the option."""
+    a = make_run(tmp_path / "a", name="full")
+    b = make_run(tmp_path / "b", methods=("hica", "prototype"), name="more")
+    drops = parse_drops([f"{b}:prototype", f"{b}:zeroshot"])
+    res = build_report([a, b], tmp_path / "r", parse_renames([f"{b}:hica=hica_b"]), drops=drops)
+    md = (tmp_path / "r" / "report.md").read_text()
+    assert res["methods"].count("prototype") == 1 and "hica_b" in res["methods"]
+    assert f"- `{b}`: `prototype`" in md and f"--drop '{b}:prototype'" in md
+    with pytest.raises(HicaError, match="no method 'nope'"):
+        build_report([a], tmp_path / "r2", drops=parse_drops([f"{a}:nope"]))
+    for bad in ("no-colon", ":hica", "dir:"):
+        with pytest.raises(HicaError, match="--drop"):
+            parse_drops([bad])
+    cli = ["report", str(a), str(b), "--drop", f"{b}:prototype", "--drop", f"{b}:zeroshot", "--rename"]
+    res = CliRunner().invoke(app, [*cli, f"{b}:hica=hica_b", "--out", str(tmp_path / "c")])
+    assert res.exit_code == 0, (res.output, res.exception)
 
 
 @pytest.mark.parametrize(

@@ -172,6 +172,14 @@ def report(
             "apart `hica` of two runs: --rename results/hica/no_stage1:hica=hica_no_stage1.",
         ),
     ] = None,
+    drop: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--drop",
+            help="RUN_DIR:METHOD — leave a method of one run directory out (repeatable), e.g. one that "
+            "another run holds for the same episodes.",
+        ),
+    ] = None,
     order: Annotated[
         str | None,
         typer.Option("--order", help="Comma-separated method order for tables and legends; others follow."),
@@ -187,11 +195,11 @@ def report(
 ) -> None:
     """Markdown + self-contained HTML report with plots (few-shot curves, ablations, confusion matrices;
     robustness curves and heatmap galleries of analyses) from run directories."""
-    from hica.report.build import build_report, parse_order, parse_renames
+    from hica.report.build import build_report, parse_drops, parse_order, parse_renames
 
-    renames, method_order = parse_renames(rename), parse_order(order)
+    renames, method_order, drops = parse_renames(rename), parse_order(order), parse_drops(drop)
     with out_lock(out):
-        res = build_report(run_dirs, out, renames, method_order, confusion_method)
+        res = build_report(run_dirs, out, renames, method_order, confusion_method, drops)
     console.print(
         f"[green]wrote[/green] {res['markdown']}, {res['html']} and {len(res['figures'])} figure(s) "
         f"in {out}/figures"

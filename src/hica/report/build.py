@@ -18,10 +18,12 @@ from hica.report.benchmark import dataset_section, machine_line
 from hica.report.html import markdown_to_html, png_data_uri
 from hica.report.runs import (
     Run,
+    apply_drops,
     apply_renames,
     check_unique,
     load_run,
     method_order,
+    parse_drops,
     parse_order,
     parse_renames,
 )
@@ -35,11 +37,13 @@ def build_report(
     renames: Mapping[tuple[str | Path, str], str] | None = None,
     order: list[str] | None = None,
     confusion_method: str | None = None,
+    drops: Iterable[tuple[str | Path, str]] = (),
 ) -> dict[str, Any]:
     """Write ``out_dir/report.md``, ``out_dir/report.html`` and ``out_dir/figures/*.png``.
 
     ``renames`` maps ``(run_dir, method)`` to a new method name (to tell apart the same method from
-    two runs); ``order`` puts those methods first in tables and legends. Returns the written paths,
+    two runs); ``drops`` leaves ``(run_dir, method)`` out (e.g. a method two runs hold for the same
+    episodes); ``order`` puts those methods first in tables and legends. Returns the written paths,
     the datasets, the method order and the method shown in each confusion matrix.
     """
     from hica.report.analyses import read_analysis, section
@@ -54,6 +58,7 @@ def build_report(
     analyses = [a for a in found.values() if a is not None]
     runs = [load_run(d) for d in run_dirs if found[str(d)] is None]
     order = list(order or [])
+    apply_drops(runs, drops)
     apply_renames(runs, renames or {})
     check_unique(runs)
     methods = method_order(runs, order)
@@ -161,6 +166,10 @@ def _overview(
         if env is None and (a.dir / "environment.json").is_file():
             env = json.loads((a.dir / "environment.json").read_text(encoding="utf-8"))
         md.append(f"- `{a.dir}`: {machine_line(env)}")
+    dropped = [(r, m) for r in runs for m in r.dropped]
+    if dropped:
+        md.append("\nLeft out (`--drop`):\n")
+        md += [f"- `{r.dir}`: `{m}`" for r, m in dropped]
     renamed = [(r, old, new) for r in runs for old, new in r.renamed.items()]
     if renamed:
         md.append("\nRenamed methods:\n")
@@ -174,6 +183,7 @@ def _report_command(
     dirs: list[Path], out: Path, runs: list[Run], order: list[str], confusion_method: str | None
 ) -> str:
     parts = ["hica report", *(str(d) for d in dirs), f"--out {out}"]
+    parts += [f"--drop '{r.dir}:{m}'" for r in runs for m in r.dropped]
     parts += [f"--rename '{r.dir}:{old}={new}'" for r in runs for old, new in r.renamed.items()]
     if order:
         parts.append(f"--order {','.join(order)}")
@@ -199,4 +209,4 @@ def _find_config(name: str, root: Path = Path("configs")) -> str | None:
     return hits[0] if len(hits) == 1 else None
 
 
-__all__ = ["TITLE", "build_report", "load_run", "parse_order", "parse_renames"]
+__all__ = ["TITLE", "build_report", "load_run", "parse_drops", "parse_order", "parse_renames"]

@@ -27,6 +27,7 @@ class Run:
     timings: dict[str, Any] = field(default_factory=dict)
     env: dict[str, Any] | None = None
     renamed: dict[str, str] = field(default_factory=dict)
+    dropped: list[str] = field(default_factory=list)
 
 
 def load_run(run_dir: str | Path) -> Run:
@@ -66,23 +67,49 @@ def parse_renames(items: Iterable[str] | None) -> dict[tuple[Path, str], str]:
     return out
 
 
+def parse_drops(items: Iterable[str] | None) -> list[tuple[Path, str]]:
+    """Parse ``DIR:METHOD`` items (``--drop``) into ``[(DIR, METHOD)]``."""
+    out = []
+    for item in items or []:
+        d, colon, method = item.rpartition(":")
+        if not (colon and d.strip() and method.strip()):
+            raise HicaError(
+                f"--drop {item!r} must look like RUN_DIR:METHOD, e.g. results/hica/fast/busi_k16:hica_fast"
+            )
+        out.append((Path(d.strip()), method.strip()))
+    return out
+
+
 def parse_order(text: str | None) -> list[str]:
     """``m1,m2,...`` → ``[m1, m2, ...]``."""
     return [m.strip() for m in (text or "").split(",") if m.strip()]
 
 
+def _run_of(runs: list[Run], d: str | Path, method: str, option: str) -> Run:
+    """The run of directory ``d`` that has ``method``; else a HicaError naming ``option``."""
+    run = {r.dir.resolve(): r for r in runs}.get(Path(d).resolve())
+    if run is None:
+        raise HicaError(f"{option} names {d}, which is not one of the RUN_DIRs {[str(r.dir) for r in runs]}")
+    if method not in run.methods:
+        raise HicaError(f"{option}: run {run.dir} has no method {method!r} (it has {run.methods})")
+    return run
+
+
+def apply_drops(runs: list[Run], drops: Iterable[tuple[str | Path, str]]) -> None:
+    """Leave methods of single runs out, in place (``[(RUN_DIR, METHOD)]``: e.g. a method that another run
+    holds too, for the same episodes); unknown dirs/methods raise."""
+    for d, method in drops:
+        run = _run_of(runs, d, method, "--drop")
+        run.dropped.append(method)
+        run.methods = [m for m in run.methods if m != method]
+        run.summary = [row for row in run.summary if row["method"] != method]
+        run.records = [row for row in run.records if row["method"] != method]
+
+
 def apply_renames(runs: list[Run], renames: Mapping[tuple[str | Path, str], str]) -> None:
     """Rename methods of the runs in place (``{(RUN_DIR, METHOD): NEWNAME}``); unknown dirs/methods raise."""
-    by_dir = {r.dir.resolve(): r for r in runs}
     for (d, method), new in renames.items():
-        run = by_dir.get(Path(d).resolve())
-        if run is None:
-            raise HicaError(
-                f"--rename names {d}, which is not one of the RUN_DIRs {[str(r.dir) for r in runs]}"
-            )
-        if method not in run.methods:
-            raise HicaError(f"--rename: run {run.dir} has no method {method!r} (it has {run.methods})")
-        run.renamed[method] = new
+        _run_of(runs, d, method, "--rename").renamed[method] = new
     for run in runs:
         if not run.renamed:
             continue
