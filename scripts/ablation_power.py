@@ -51,7 +51,9 @@ def scores(
     m = json.loads((run / "metrics.json").read_text())
     runs = [r for r in m["runs"] if keep(r["dataset"])]
     if len({r["dataset"] for r in runs}) > 1:
-        raise SystemExit(f"{run} holds several datasets: name one (--dataset)")
+        raise SystemExit(f"{run} holds several datasets: name the one to read (headline.py's --dataset)")
+    if not runs:
+        raise SystemExit(f"{run} has no episodes of dataset {dataset!r}")
     out: dict[tuple[str, int, int], dict[str, float]] = {}
     for r in runs:
         out[key(r["method"], r["k"], r["seed"])] = {

@@ -70,8 +70,9 @@ def main() -> None:
     names: list[str] = []
     for spec in args.run:  # the same (method, K, seed) in two runs is the same episode and computation
         path, _, label = spec.partition(":")
-        more, names = scores(Path(path), args.dataset, label)
+        more, its = scores(Path(path), args.dataset, label)
         s.update(more)
+        names += [n for n in its if n not in names]
     ref = args.reference
     found = sorted({m for m, _, _ in s})
     runs = ", ".join(map(str, args.run))

@@ -24,19 +24,23 @@ LABELS = {"accuracy": "accuracy", "auc": "macro AUC", "auc/malignant": "malignan
 
 def cell(hica: dict, base: dict, name: str, diff: dict) -> str:
     """``0.842 ± 0.036 vs 0.857 ± 0.034 (clap); Δ −0.015 [−0.030, −0.003]`` (Δ bold if its CI excludes 0)."""
-    lo, hi = diff["ci95"]
-    d = f"Δ {diff['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
-    d = d if diff["sign"] == "CI holds 0" else f"**{d}**"
+    if not diff["n"]:
+        d = "Δ – (no paired episodes)"
+    else:
+        lo, hi = diff["ci95"]
+        d = f"Δ {diff['mean']:+.3f} [{lo:+.3f}, {hi:+.3f}]"
+        d = f"**{d}**" if diff["sign"] in ("above 0", "below 0") else d
     return f"{hica['mean']:.3f} ± {hica['std']:.3f} vs {base['mean']:.3f} ± {base['std']:.3f} ({name}); {d}"
 
 
-def rows_of(headline: dict[str, Any], dataset: str) -> tuple[list[str], list[dict[str, Any]], list[int]]:
-    """Markdown rows and their data for one headline.json."""
+def rows_of(
+    headline: dict[str, Any], dataset: str, shots: list[int]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """Markdown rows (one column per K of ``shots``) and their data for one headline.json."""
     cells = {(c["method"], c["k"], c["metric"]): c for c in headline["cells"]}
     paired = {(p["reference"], p["k"], p["baseline"]): p for p in headline["paired"]}
     hicas = list(dict.fromkeys(p["reference"] for p in headline["paired"]))
     baselines = sorted({p["baseline"] for p in headline["paired"]})
-    shots = sorted({k for _, k, _ in cells})
     metrics = list(dict.fromkeys(m for _, _, m in cells))
     lines, data = [], []
     for h in hicas:
@@ -66,7 +70,7 @@ def rows_of(headline: dict[str, Any], dataset: str) -> tuple[list[str], list[dic
                     }
                 )
             lines.append(f"| {dataset} | `{h}` | {LABELS.get(metric, metric)} | " + " | ".join(out) + " |")
-    return lines, data, shots
+    return lines, data
 
 
 def main() -> None:
@@ -76,10 +80,11 @@ def main() -> None:
     )
     ap.add_argument("--out", required=True, type=Path)
     args = ap.parse_args()
-    body, data, shots = [], [], []
-    for path in args.headline:
-        dataset = path.parent.name
-        lines, more, shots = rows_of(json.loads(path.read_text()), dataset)
+    heads = {path: json.loads(path.read_text()) for path in args.headline}
+    shots = sorted({c["k"] for h in heads.values() for c in h["cells"]})
+    body, data = [], []
+    for path, headline in heads.items():
+        lines, more = rows_of(headline, path.parent.name, shots)
         body += lines
         data += more
     head = [

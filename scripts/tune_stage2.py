@@ -69,6 +69,8 @@ def main() -> None:
             recs = [json.loads(p.read_text()) for p in parts]
             for k in spec["shots"]:
                 sel = [r for r in recs if r["k"] == k]
+                if not sel:
+                    raise SystemExit(f"{args.out / ds / name}: no finished episode at K = {k}")
                 acc = [r["metrics"]["accuracy"] for r in sel]
                 row = {"dataset": ds, "setting": name, "args": margs, "encoder": encoder, "k": k}
                 row[f"{split}_accuracy"] = round(float(np.mean(acc)), 4)
@@ -77,7 +79,7 @@ def main() -> None:
                 if "malignant" in sel[0]["classes"]:
                     c = sel[0]["classes"].index("malignant")
                     mal = [one_vs_rest_auc(np.array(r["test_labels"]), np.array(r["probs"]), c) for r in sel]
-                    row[f"{split}_auc_malignant"] = round(float(np.mean(mal)), 4)
+                    row[f"{split}_auc_malignant"] = round(float(np.nanmean(mal)), 4)  # NaN: no malignant
                 row["fit_seconds"] = round(float(np.mean([r["fit_seconds"] for r in sel])), 1)
                 rows.append(row)
             print(rows[-1], flush=True)

@@ -60,6 +60,7 @@ BAD = [
     ("hica", {"use_local": "maybe"}, "use_local must be true or false"),
     ("hica_no_local", {"margin": 3}, "margin must be <= 2, got 3"),
     ("hica_global_only", {"use_global": False}, "nothing to train"),
+    ("hica", {"lesion_crop": 0.5, "roi": "proposed"}, "lesion_crop needs the support masks"),
     ("zeroshot", {"k": 1}, "unknown argument(s) ['k']; known: []"),
     ("linear_probe", {"fixed_c": 0}, "fixed_c must be > 0, got 0"),
     ("hica", {"fixed_alpha": 1.5}, "fixed_alpha must be <= 1, got 1.5"),

@@ -127,12 +127,19 @@ def test_lesion_crop_centres_on_the_lesion_and_leaves_lesion_free_images_alone()
     for _ in range(20):
         _, m = lesion(img, mask)
         shares.append(float(m.mean()))
-    # 100 px of lesion in a crop of side 38.4–96 px (0.4 × 96 is the floor): 1.1–6.8% of the crop,
-    # against ~1.1–1.8% for the usual crop; the whole lesion stays in view (rotation ≤ 10° clips corners).
+    # 100 px of lesion in a crop of side 38.4 px (10 × 2.5 < 0.4 × 96, the floor): 6.8% of the crop, against
+    # ~1.1–1.8% for the usual crop; the whole lesion stays in view (rotation ≤ 10° clips corners).
     assert min(shares) > 0.05, shares
     torch.manual_seed(3)
     usual = [float(plain(img, mask)[1].mean()) for _ in range(20)]
     assert max(usual) < 0.025, usual
+    # A 30 × 30 px lesion is above the floor: the crop side is its box × U(1.5, 2.5) = 45–75 px, so the lesion
+    # fills 900 / side² = 0.16–0.44 of the crop (the usual crop: at most 900 / (0.6 · 96²) = 0.16).
+    big = torch.zeros(h, w, dtype=torch.bool)
+    big[50:80, 10:40] = True
+    torch.manual_seed(3)
+    shares = [float(lesion(img, big)[1].mean()) for _ in range(30)]
+    assert 0.14 < min(shares) and max(shares) < 0.46 and max(shares) - min(shares) > 0.15, shares
     for m_in in (torch.zeros(h, w, dtype=torch.bool), None):
         torch.manual_seed(4)
         a = lesion(img, m_in)

@@ -14,7 +14,7 @@ import torch
 from hica.data.sample import IMAGE_EXTENSIONS, Sample, is_image_file, load_image
 from hica.errors import HicaError
 from hica.io import write_text
-from hica.model.tta import TTA_KINDS, embed_with_tta
+from hica.model.tta import TTA_KINDS, check_tta, embed_with_tta
 
 
 def collect_images(inputs: Sequence[str | Path]) -> list[Path]:
@@ -141,7 +141,7 @@ class Predictor:
         tta: str = "none",
     ) -> None:
         self.path = path
-        self.tta = tta  # test-time augmentation of every embedding (hica.model.tta)
+        self.tta = check_tta(tta, f"test-time augmentation of {path}")  # every embedding (hica.model.tta)
         self.classes: list[str] = list(classes)
         self.alpha, self.temperature = float(alpha), float(temperature)
         self.meta = meta

@@ -110,6 +110,10 @@ class HiCASettings(MethodSettings):
     def _something_to_train(self) -> HiCASettings:
         if not (self.use_global or self.use_local or self.use_cross):
             raise ValueError("use_global, use_local and use_cross are all off: there is nothing to train")
+        if self.lesion_crop > 0 and self.roi == "proposed":
+            raise ValueError(
+                "lesion_crop needs the support masks, which roi: proposed leaves unread; use roi: auto"
+            )
         return self
 
 

@@ -57,7 +57,7 @@ def embed_with_tta(
         return embed_images(encoder, images, device, precision, batch_size)
     out = []
     for i in range(0, len(images), batch_size):  # views per batch: memory stays one batch × views
-        views = tta_views(images[i : i + batch_size], kind)
+        views = tta_views(images[i : i + batch_size].to(device), kind)  # crops on the device
         out.append(
             F.normalize(sum(embed_images(encoder, v, device, precision, batch_size) for v in views), dim=-1)
         )

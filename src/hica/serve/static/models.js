@@ -24,7 +24,7 @@ function card(m) {
   add("K, seed", `K=${m.k ?? "–"}, seed ${m.seed ?? "–"}`);
   add("encoder", `${m.encoder.name || "–"}` + (m.encoder.lineage ? ` (${m.encoder.lineage})` : ""));
   add("ROI source", String(m.roi_source || "–"));
-  add("test-time augmentation", m.tta === "crops" ? "image + five crops, embeddings averaged" : "none");
+  add("test-time augmentation", m.tta === "crops" ? "image + five crops, embeddings averaged" : String(m.tta || "none"));
   add("metrics", metricsTable(m.metrics));
   if (m.metric_notes.length) add("metric notes", el("ul", {}, ...m.metric_notes.map((t) => el("li", { text: t }))));
   add("intended use", m.intended_use);
