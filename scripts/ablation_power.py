@@ -24,7 +24,7 @@ import numpy as np
 
 from hica.eval.metrics import one_vs_rest_auc
 from hica.eval.stats import paired_difference, paired_text
-from hica.io import write_json, write_text
+from hica.io import open_text, write_json, write_text
 
 REFERENCE = "hica"
 WHAT = {
@@ -61,7 +61,7 @@ def scores(
             "auc": r["metrics"]["auc"],
         }
     rows: dict[tuple[str, int, int], list[dict[str, str]]] = defaultdict(list)
-    with (run / "predictions.csv").open() as f:
+    with open_text(run / "predictions.csv") as f:
         for row in csv.DictReader(f):
             if keep(row["dataset"]):
                 rows[key(row["method"], row["k"], row["seed"])].append(row)

@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from hica.io import write_json, write_text
+from hica.io import open_text, write_json, write_text
 
 SHOTS = [1, 2, 4, 8, 16]
 TUNED_FT = "results/baselines_finetune_tuned"
@@ -67,7 +67,7 @@ def runs(path: str | Path) -> dict[tuple[str, str, int, int], dict[str, Any]]:
 def predictions(path: str) -> dict[tuple[str, str, int, int], dict[str, bool]]:
     """(dataset, method, k, seed) → {test id: correct}."""
     out: dict[tuple[str, str, int, int], dict[str, bool]] = defaultdict(dict)
-    with (Path(path) / "predictions.csv").open() as f:
+    with open_text(Path(path) / "predictions.csv") as f:
         for row in csv.DictReader(f):
             key = (short(row["dataset"]), row["method"], int(row["k"]), int(row["seed"]))
             out[key][row["id"]] = row["label"] == row["pred"]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from hica.eval.metrics import one_vs_rest_auc
-from hica.io import write_json, write_text
+from hica.io import open_text, write_json, write_text
 
 SOURCES = {
     "baselines": ("results/baselines", {}),
@@ -70,7 +70,7 @@ def load(root: Path) -> dict[tuple[str, str, int], dict[str, list[float]]]:
             continue
         runs = json.loads(path.read_text())["runs"]
         preds: dict[tuple[str, str, int, int], list[list[str]]] = defaultdict(list)
-        with open(root / d / "predictions.csv", newline="") as f:
+        with open_text(root / d / "predictions.csv") as f:
             rows = csv.reader(f)
             header = next(rows)
             for row in rows:

@@ -311,3 +311,38 @@ def test_report_with_analyses(tmp_path: Path) -> None:
     # an analysis alone is a valid report too
     alone = build_report([rob], tmp_path / "alone")
     assert len(alone["figures"]) == 2
+
+
+def test_compressed_predictions_are_read_and_replaced(tmp_path: Path) -> None:
+    """predictions.csv.gz (how committed runs store it) reads like the plain file; the same input packs to the
+    same bytes; a new run's plain predictions.csv removes a stale .gz; a missing table names itself."""
+    import gzip
+    import time
+
+    from hica.io import gzip_file, open_text, write_text_replacing_gz
+
+    plain = tmp_path / "predictions.csv"
+    plain.write_text("dataset,method\nbusi,hica\n")
+    first = gzip_file(plain).read_bytes()
+    time.sleep(1.1)  # a time stamp in the header would change the bytes
+    assert gzip_file(plain).read_bytes() == first and gzip.decompress(first) == plain.read_bytes()
+    plain.unlink()
+    with open_text(plain) as f:
+        assert f.read() == "dataset,method\nbusi,hica\n"
+    write_text_replacing_gz(plain, "dataset,method\nbusi,prototype\n")
+    assert not (tmp_path / "predictions.csv.gz").exists()
+    with open_text(plain) as f:
+        assert "prototype" in f.read()
+    with pytest.raises(HicaError, match=r"nope\.csv not found \(nor nope\.csv\.gz\)"):
+        open_text(tmp_path / "nope.csv")
+
+
+def test_committed_runs_keep_predictions_compressed_only() -> None:
+    """Every committed predictions file is the .gz (the plain ones are gitignored: tree size)."""
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not [f for f in files if f.endswith("predictions.csv")]
+    assert len([f for f in files if f.endswith("predictions.csv.gz")]) >= 30

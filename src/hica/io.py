@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import gzip
+import io
 import json
 import os
 import tempfile
@@ -45,6 +47,41 @@ def write_text(path: str | Path, text: str) -> Path:
 def write_json(path: str | Path, obj: Any) -> Path:
     """Write ``obj`` as indented JSON atomically."""
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+GZ = ".gz"
+
+
+def open_text(path: str | Path) -> io.TextIOBase:
+    """Open the text file ``path`` for reading (CSV-ready: ``newline=""``), or its gzip copy ``path.gz`` when
+    only that exists (large committed tables, e.g. ``predictions.csv.gz``, are stored compressed)."""
+    path = Path(path)
+    if path.is_file():
+        return open(path, encoding="utf-8", newline="")
+    gz = path.with_name(path.name + GZ)
+    if gz.is_file():
+        return gzip.open(gz, "rt", encoding="utf-8", newline="")
+    raise HicaError(f"{path} not found (nor {gz.name}): re-run the command that makes it")
+
+
+def write_text_replacing_gz(path: str | Path, text: str) -> Path:
+    """:func:`write_text`, and remove a compressed copy ``path.gz`` left from an earlier run (it would be
+    stale: :func:`open_text` reads the plain file first, and ``git`` would keep the old one)."""
+    out = write_text(path, text)
+    Path(str(path) + GZ).unlink(missing_ok=True)
+    return out
+
+
+def gzip_file(path: str | Path) -> Path:
+    """Write ``path.gz`` next to ``path``; the same input gives the same bytes (no time stamp, no name)."""
+    path = Path(path)
+    data = path.read_bytes()
+
+    def writer(tmp: Path) -> None:
+        with tmp.open("wb") as raw, gzip.GzipFile("", "wb", 9, raw, mtime=0) as f:
+            f.write(data)
+
+    return atomic_write(path.with_name(path.name + GZ), writer)
 
 
 def _json_default(o: Any) -> Any:

@@ -34,7 +34,7 @@ from hica.analysis.unseen_cells import UnseenInputs, aligned_part, before_alignm
 from hica.analysis.unseen_config import UnseenConfig, holdout_groups, load_unseen_config
 from hica.config import dump_config
 from hica.errors import HicaError
-from hica.io import write_json, write_text
+from hica.io import write_json, write_text, write_text_replacing_gz
 from hica.report.unseen import aggregate_unseen, group_key, predictions_csv, render_table
 from hica.report.unseen_attributes import attribute_summary
 from hica.runtime import reproducible
@@ -124,7 +124,9 @@ def run_unseen(
         out = Path(out_dir)
         write_json(out / "metrics.json", result)
         write_text(out / "table.md", render_table(result))
-        write_text(out / "predictions.csv", predictions_csv(ds.classes, inp.ids, inp.labels, before, records))
+        write_text_replacing_gz(
+            out / "predictions.csv", predictions_csv(ds.classes, inp.ids, inp.labels, before, records)
+        )
     return result
 
 

@@ -12,7 +12,7 @@ from typing import Any
 from hica.config import BenchmarkConfig
 from hica.eval.grid import STAMP
 from hica.eval.metrics import METRICS, mean_std
-from hica.io import write_json, write_text
+from hica.io import write_json, write_text, write_text_replacing_gz
 
 # left out of metrics.json's runs: per-image arrays (predictions.csv has them) and how a part was made
 _HEAVY = ("probs", "test_ids", "test_labels", STAMP)
@@ -148,7 +148,7 @@ def write_outputs(
     light = [{k: v for k, v in r.items() if k not in _HEAVY} for r in records]
     result = {"name": cfg.name, "methods": cfg.methods, "summary": summary, "runs": light, "timings": timings}
     write_json(out / "metrics.json", result)
-    write_text(out / "predictions.csv", predictions_csv(records))
+    write_text_replacing_gz(out / "predictions.csv", predictions_csv(records))
     md = [
         f"# {cfg.name}\n",
         f"Encoder: `{cfg.encoder.name}` {cfg.encoder.args or ''}; "
