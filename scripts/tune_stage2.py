@@ -22,6 +22,7 @@ import yaml
 
 from hica.config import validate_config
 from hica.eval.metrics import one_vs_rest_auc
+from hica.eval.stats import paired_difference, paired_text
 from hica.io import write_json, write_text
 from hica.jobs.benchmark import run_benchmark
 
@@ -81,8 +82,16 @@ def main() -> None:
                     mal = [one_vs_rest_auc(np.array(r["test_labels"]), np.array(r["probs"]), c) for r in sel]
                     row[f"{split}_auc_malignant"] = round(float(np.nanmean(mal)), 4)  # NaN: no malignant
                 row["fit_seconds"] = round(float(np.mean([r["fit_seconds"] for r in sel])), 1)
+                row["per_seed_accuracy"] = {r["seed"]: r["metrics"]["accuracy"] for r in sel}
                 rows.append(row)
             print(rows[-1], flush=True)
+    # Each setting − the grid's first (the reference) on the same episodes: paired per seed, 95% bootstrap CI.
+    for r in rows:
+        ref = next(x for x in rows if x["dataset"] == r["dataset"] and x["k"] == r["k"])
+        if ref is not r:
+            r["paired_accuracy_vs_first"] = paired_difference(
+                r["per_seed_accuracy"], ref["per_seed_accuracy"]
+            )
     write_json(args.out / "summary.json", {"config": spec, "rows": rows})
     what = {"val": "Validation", "test": "Test"}[split]
     mal = any(f"{split}_auc_malignant" in r for r in rows)
@@ -91,8 +100,8 @@ def main() -> None:
         "",
         f"| dataset | setting | K | {split} accuracy | {split} AUC |"
         + (f" {split} malignant AUC |" if mal else "")
-        + " fit s |",
-        "|---|---|---|---|---|" + ("---|" if mal else "") + "---|",
+        + f" Δ accuracy vs {spec['grid'][0]['name']} (paired) | fit s |",
+        "|---|---|---|---|---|" + ("---|" if mal else "") + "---|---|",
     ]
     for r in rows:
         m = r.get(f"{split}_auc_malignant")
@@ -100,6 +109,11 @@ def main() -> None:
             f"| {r['dataset']} | {r['setting']} | {r['k']} | {r[f'{split}_accuracy']:.3f} "
             f"({r[f'{split}_accuracy_std']:.3f}) | {r[f'{split}_auc']:.3f} |"
             + ((f" {m:.3f} |" if m is not None else " – |") if mal else "")
+            + (
+                f" {paired_text(r['paired_accuracy_vs_first'])} |"
+                if "paired_accuracy_vs_first" in r
+                else " – |"
+            )
             + f" {r['fit_seconds']} |"
         )
     write_text(args.out / "summary.md", "\n".join(lines) + "\n")
