@@ -21,9 +21,8 @@ def _write(path: Path, obj: dict) -> Path:
     return path
 
 
-@pytest.fixture(scope="module")
-def finetuned(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    tmp = tmp_path_factory.mktemp("stage2")
+def _finetune(tmp: Path, data_root: Path, **method_args) -> Path:
+    """`hica finetune` on a tiny real BUSI episode (K = 1, 64 px, CPU fp32) into ``tmp/run``."""
     cfg = _write(
         tmp / "s2.yaml",
         {
@@ -31,17 +30,21 @@ def finetuned(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
             "dataset": "busi",
             "k": 1,
             "seed": 1,
-            "method_args": {"steps": 2, "head_steps": 3, "batch_size": 3},
+            "method_args": {"steps": 2, "head_steps": 3, "batch_size": 3, **method_args},
             "evaluate_test": False,
             "device": "cpu",
             "precision": "fp32",
         },
     )
-    res = CliRunner().invoke(
-        app, ["finetune", "--config", str(cfg), "--out", str(tmp / "run"), "--data-root", str(data_root)]
-    )
+    args = ["finetune", "--config", str(cfg), "--out", str(tmp / "run"), "--data-root", str(data_root)]
+    res = CliRunner().invoke(app, args)
     assert res.exit_code == 0, (res.output, res.exception)
     return tmp / "run"
+
+
+@pytest.fixture(scope="module")
+def finetuned(data_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _finetune(tmp_path_factory.mktemp("stage2"), data_root)
 
 
 def test_finetune_writes_model_and_summary(finetuned: Path) -> None:
@@ -112,22 +115,7 @@ def test_finetune_with_tta_exports_it_and_predict_uses_it(data_root: Path, tmp_p
     from hica.model.tta import embed_with_tta
     from hica.predict import Predictor
 
-    cfg = _write(
-        tmp_path / "s2.yaml",
-        {
-            "encoder": {"name": "default", "args": {"image_size": 64}},
-            "dataset": "busi",
-            "k": 1,
-            "seed": 1,
-            "method_args": {"steps": 1, "head_steps": 2, "batch_size": 3, "tta": "crops"},
-            "evaluate_test": False,
-            "device": "cpu",
-            "precision": "fp32",
-        },
-    )
-    args = ["finetune", "--config", str(cfg), "--out", str(tmp_path / "run"), "--data-root", str(data_root)]
-    res = CliRunner().invoke(app, args)
-    assert res.exit_code == 0, (res.output, res.exception)
+    _finetune(tmp_path, data_root, steps=1, head_steps=2, tta="crops")
     model = tmp_path / "run" / "model"
     assert json.loads((model / "config.json").read_text())["meta"]["classifier"]["tta"] == "crops"
     imgs = sorted((data_root / "busi" / "Dataset_BUSI_with_GT" / "benign").glob("benign (1*).png"))[:2]
