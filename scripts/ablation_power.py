@@ -36,11 +36,12 @@ WHAT = {
 
 
 def scores(
-    run: Path, dataset: str | None = None, label: str = ""
+    run: Path, dataset: str | None = None, label: str = "", extra: tuple[str, ...] = ()
 ) -> tuple[dict[tuple[str, int, int], dict[str, float]], list[str]]:
     """(method, K, seed) → {accuracy, auc, auc/<positive class>}; and the metric names. ``dataset``: only
     that dataset's episodes (its name without the ``[split file]`` suffix; a run of several datasets needs
-    it); ``label``: appended to every method name as ``method:label`` (two runs of one method)."""
+    it); ``label``: appended to every method name as ``method:label`` (two runs of one method); ``extra``:
+    more per-episode metrics of ``metrics.json`` (e.g. ``balanced_accuracy``), listed after accuracy."""
 
     def keep(name: str) -> bool:
         return dataset is None or name.split("[")[0] == dataset
@@ -56,8 +57,12 @@ def scores(
         raise SystemExit(f"{run} has no episodes of dataset {dataset!r}")
     out: dict[tuple[str, int, int], dict[str, float]] = {}
     for r in runs:
+        missing = [n for n in extra if n not in r["metrics"]]
+        if missing:
+            raise SystemExit(f"{run}: episode {r['method']} K={r['k']} seed={r['seed']} has no {missing}")
         out[key(r["method"], r["k"], r["seed"])] = {
             "accuracy": r["metrics"]["accuracy"],
+            **{n: r["metrics"][n] for n in extra},
             "auc": r["metrics"]["auc"],
         }
     rows: dict[tuple[str, int, int], list[dict[str, str]]] = defaultdict(list)
@@ -65,7 +70,7 @@ def scores(
         for row in csv.DictReader(f):
             if keep(row["dataset"]):
                 rows[key(row["method"], row["k"], row["seed"])].append(row)
-    names = ["accuracy", "auc"]
+    names = ["accuracy", *extra, "auc"]
     classes = runs[0].get("classes") or [] if runs else []
     if "malignant" in classes:
         c = classes.index("malignant")

@@ -40,7 +40,8 @@ from hica.data.descriptors import load_descriptors  # noqa: E402
 from hica.data.episodes import sample_episode  # noqa: E402
 from hica.data.sample import load_image  # noqa: E402
 from hica.encoders import create_encoder  # noqa: E402
-from hica.eval.protocol import image_episode, part_key  # noqa: E402
+from hica.eval.episode_data import image_episode  # noqa: E402
+from hica.eval.protocol import part_key  # noqa: E402
 from hica.methods.base import ImageFewShotData, method_registry  # noqa: E402
 from hica.model.text import pooled_sentences  # noqa: E402
 

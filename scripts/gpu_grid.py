@@ -74,7 +74,7 @@ class DatasetRun:
         return torch.stack([self._pre[i] for i in ids])
 
     def data(self, cls: Any, k: int, seed: int) -> Any:
-        """The episode as ``ImageFewShotData``, as ``hica.eval.protocol.image_episode`` built it."""
+        """The episode as ``ImageFewShotData``, as ``hica.eval.episode_data.image_episode`` built it."""
         import torch
 
         from hica.methods.base import ImageFewShotData

@@ -15,6 +15,7 @@ Each HiCA row is paired with every baseline; no "best baseline" is picked on tes
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +54,24 @@ def paired_rows(s: dict, ref: str, baselines: list[str], k: int, names: list[str
     return rows
 
 
+def majority_share(run: Path, dataset: str) -> dict[str, Any]:
+    """The test split's largest class and its share: the accuracy of always predicting it (from the
+    confusion matrix of one episode in ``metrics.json``: its row sums are the test split's class counts)."""
+    m = json.loads((run / "metrics.json").read_text())
+    r = next((r for r in m["runs"] if r["dataset"].split("[")[0] == dataset), None)
+    if r is None:
+        raise SystemExit(f"{run} has no episodes of dataset {dataset!r}")
+    counts = [sum(row) for row in r["confusion"]]
+    top = int(np.argmax(counts))
+    total = sum(counts)
+    return {
+        "class": r["classes"][top],
+        "share": round(counts[top] / total, 4),
+        "n": total,
+        "classes": len(counts),
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
@@ -70,7 +89,7 @@ def main() -> None:
     names: list[str] = []
     for spec in args.run:  # the same (method, K, seed) in two runs is the same episode and computation
         path, _, label = spec.partition(":")
-        more, its = scores(Path(path), args.dataset, label)
+        more, its = scores(Path(path), args.dataset, label, extra=("balanced_accuracy",))
         s.update(more)
         names += [n for n in its if n not in names]
     ref = args.reference
@@ -92,12 +111,18 @@ def main() -> None:
                 vals = [v[n] for (mm, kk, _), v in sorted(s.items()) if mm == m and kk == k and n in v]
                 if vals:
                     per[(m, k, n)] = mean_ci(vals)
-    result: dict[str, Any] = {"runs": [str(r) for r in args.run], "reference": ref}
+    majority = majority_share(Path(args.run[0].partition(":")[0]), args.dataset)
+    result: dict[str, Any] = {"runs": [str(r) for r in args.run], "reference": ref, "majority": majority}
     result.update(cells=[], paired=[], targets=[])
     lines = [
         f"# Headline: every method on one encoder ({runs})",
         "",
         "Mean ± std over seeds [95% bootstrap CI of the mean]; test split. HiCA rows first.",
+        "",
+        f"Always predicting the largest test class (`{majority['class']}`, {majority['n']} test images) "
+        f"scores accuracy {majority['share']:.3f} and balanced accuracy {1 / majority['classes']:.3f}: "
+        "accuracy under that line is no better than a constant answer; balanced accuracy (the mean recall "
+        "over classes) is not moved by the class prior.",
         "",
     ]
     for n in names:

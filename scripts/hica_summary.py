@@ -19,7 +19,12 @@ from typing import Any
 
 from hica.io import write_json, write_text
 
-LABELS = {"accuracy": "accuracy", "auc": "macro AUC", "auc/malignant": "malignant-vs-rest AUC"}
+LABELS = {
+    "accuracy": "accuracy",
+    "balanced_accuracy": "balanced accuracy",
+    "auc": "macro AUC",
+    "auc/malignant": "malignant-vs-rest AUC",
+}
 
 
 def cell(hica: dict, base: dict, name: str, diff: dict) -> str:

@@ -62,7 +62,7 @@ def test_bundle_rebuilds_the_protocol_episode(bundle: Path, data_root: Path) -> 
     from hica.data.episodes import Episode
     from hica.data.sample import load_image
     from hica.encoders import create_encoder
-    from hica.eval.protocol import image_episode
+    from hica.eval.episode_data import image_episode
     from hica.methods.base import method_registry
     from hica.model.text import pooled_sentences
 

@@ -34,7 +34,7 @@ def episode(data_root: Path):
     from hica.data.catalog import load_dataset
     from hica.data.descriptors import load_descriptors
     from hica.data.sample import load_image
-    from hica.eval.protocol import support_attributes
+    from hica.eval.episode_data import support_attributes
     from hica.model.imagedata import load_store
 
     if not (data_root / "busi").is_dir():

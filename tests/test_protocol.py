@@ -140,6 +140,48 @@ def test_resume_reuses_parts_and_recomputes_missing(finished_run, tiny_busi_fold
     assert a == b  # the recomputed run is deterministic
 
 
+def test_a_grown_grid_reuses_every_part_it_had(finished_run, tiny_busi_folder, tmp_path) -> None:
+    """More seeds, fewer methods and a new name: the parts the first grid made are reused as they are, only
+    the new cells are computed, and a reused part scores what a fresh run of it scores."""
+    cfg, out, cache, first = finished_run
+    grown = tmp_path / "grown"
+    shutil.copytree(out, grown)
+    methods = ["prototype", "knn", "clap"]
+    raw = {**_config(tiny_busi_folder, cache, methods), "name": "tiny-grown", "seeds": [1, 2, 3]}
+    second = run_benchmark(validate_config(raw), grown, progress=False)
+    grid = second["timings"]["grid"]
+    assert (grid["parts_resumed"], grid["parts_computed"]) == (len(methods) * 2 * 2, len(methods) * 2)
+    a = {(r["method"], r["k"], r["seed"]): r["metrics"] for r in first["runs"]}
+    b = {(r["method"], r["k"], r["seed"]): r["metrics"] for r in second["runs"]}
+    assert {key: b[key] for key in b if key[2] != 3} == {key: a[key] for key in b if key[2] != 3}
+    fresh = run_benchmark(validate_config(raw), tmp_path / "fresh", progress=False)
+    assert {(r["method"], r["k"], r["seed"]): r["metrics"] for r in fresh["runs"]} == b
+    # a changed setting of one method recomputes that method's parts only
+    raw["method_args"] = {"knn": {"ks": [1, 3]}}
+    third = run_benchmark(validate_config(raw), grown, progress=False)["timings"]["grid"]
+    assert (third["parts_resumed"], third["parts_computed"]) == (2 * 2 * 3, 2 * 3)
+
+
+def test_parts_made_before_part_hashes_are_reused_by_their_config(finished_run, tmp_path) -> None:
+    """A part stamped with the whole-run hash (how parts were hashed before) is reused by the unchanged
+    config; stamped with any other hash it is recomputed."""
+    from hica.eval.grid import config_hash
+    from hica.eval.protocol import Benchmark
+
+    cfg, out, cache, first = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    bench = Benchmark(cfg, old, progress=False)
+    legacy = config_hash(bench.scope, bench.encoder().fingerprint())
+    parts = sorted((old / "parts").glob("*__prototype__*.json"))
+    for i, p in enumerate(parts):
+        rec = json.loads(p.read_text())
+        rec["config_hash"] = legacy if i else "0123456789ab"
+        p.write_text(json.dumps(rec))
+    grid = run_benchmark(cfg, old, progress=False)["timings"]["grid"]
+    assert (grid["parts_computed"], grid["parts_resumed"]) == (1, len(first["runs"]) - 1)
+
+
 def test_text_methods_need_descriptors(tiny_busi_folder, tmp_path) -> None:
     from hica.errors import HicaError
 

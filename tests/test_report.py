@@ -104,6 +104,19 @@ def test_report_files_content_and_html(tmp_path: Path) -> None:
     assert "<figcaption>" in page and "<strong>" in page
 
 
+def test_rebuild_removes_figures_the_new_report_does_not_show(tmp_path: Path) -> None:
+    """A report rebuilt into the same folder leaves no figure of the earlier build behind."""
+    run = make_run(tmp_path / "run")
+    out = tmp_path / "report"
+    first = build_report([run], out)
+    old = out / "figures" / "confusion_toy_hica.png"
+    assert old in first["figures"] and first["removed"] == []
+    renamed = build_report([run], out, parse_renames([f"{run}:hica=hica_v2"]))  # its matrix is renamed
+    assert renamed["removed"] == [old] and not old.exists()
+    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(p.name for p in renamed["figures"])
+    assert "confusion_toy_hica_v2.png" in {p.name for p in renamed["figures"]}
+
+
 def test_rename_order_and_duplicates(tmp_path: Path) -> None:
     a = make_run(tmp_path / "a", name="full")
     b = make_run(tmp_path / "b", methods=("hica",), name="no-stage1")

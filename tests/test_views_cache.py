@@ -15,7 +15,8 @@ from hica.config import validate_config
 from hica.data.catalog import load_dataset
 from hica.data.episodes import sample_episode
 from hica.encoders import create_encoder
-from hica.eval.protocol import Benchmark, view_augment
+from hica.eval.episode_data import view_augment
+from hica.eval.protocol import Benchmark
 from hica.methods.base import _METHODS, FewShotData, Method, register_method
 from hica.methods.settings import MethodSettings
 

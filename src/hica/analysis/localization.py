@@ -2,7 +2,7 @@
 
 For each seed, one K-shot episode is drawn (:func:`hica.data.episodes.sample_episode`) and HiCA, the
 fine-tuned baseline and (``compare_global_only``, the default) HiCA's global-only ablation are fitted on it
-exactly as the benchmark fits them (:func:`hica.eval.protocol.image_episode`, the methods' committed
+exactly as the benchmark fits them (:func:`hica.eval.episode_data.image_episode`, the methods' committed
 arguments; nothing here is tuned, and test masks are only scored). Every test image with a non-empty lesion
 mask (BUSI normal images have none: they are excluded and counted) gets these maps of its *true* class, all
 on the encoder's input grid (masks follow the same square resize):

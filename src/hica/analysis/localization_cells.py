@@ -59,7 +59,7 @@ def first_n_alternating(labels: list[int], n: int | None) -> list[int]:
 
 def lesion_images(enc: Any, ds: Any, split: str, max_images: int | None = None) -> LesionImages:
     """Images of ``split`` with a non-empty lesion mask, preprocessed by ``enc``; the others are counted."""
-    from hica.eval.protocol import images_of
+    from hica.eval.episode_data import images_of
     from hica.model.imagedata import input_spec, load_store
 
     samples = sorted(ds.split(split), key=lambda s: s.id)
@@ -233,7 +233,7 @@ def run_seed(
 ) -> dict[str, Any]:
     """Fit the models (:func:`fitted_models`) on seed ``seed``'s episode, map and score every lesion image."""
     from hica.data.episodes import sample_episode
-    from hica.eval.protocol import image_episode
+    from hica.eval.episode_data import image_episode
 
     t_seed = time.perf_counter()
     ep = sample_episode(ds, cfg.k, seed)

@@ -154,7 +154,8 @@ class RobustnessCells:
         return self.fitted[(method, seed)]
 
     def predict_clean(self, method: str, m: Any) -> np.ndarray:
-        from hica.eval.protocol import images_of, normalize_features
+        from hica.eval.episode_data import images_of
+        from hica.eval.protocol import normalize_features
 
         if getattr(self.reg[method], "image_level", False):
             if self.test_images is None:

@@ -132,7 +132,7 @@ class UnseenInputs:
 
     @functools.cached_property
     def images(self) -> torch.Tensor:
-        from hica.eval.protocol import images_of
+        from hica.eval.episode_data import images_of
 
         return images_of(self.enc, self.samples)
 
@@ -156,7 +156,7 @@ class UnseenInputs:
     def eval_targets(self) -> np.ndarray:
         """(N, G) the evaluation images' attribute values measured from their masks, as vocabulary indices
         (-1: none): for *scoring* the attribute level only; no classifier reads them."""
-        from hica.eval.protocol import support_attributes
+        from hica.eval.episode_data import support_attributes
 
         measured = support_attributes(self.samples, list(self.ds.classes), self.desc)
         return self.vocab.targets(measured).numpy()
@@ -187,7 +187,7 @@ def seen_episode(
     read; the held-out classes' labels are checked before anything is loaded.
     """
     from hica.data.sample import Dataset
-    from hica.eval.protocol import image_episode
+    from hica.eval.episode_data import image_episode
     from hica.methods.hica import HiCA
 
     seen = [c for c in range(len(ds.classes)) if c not in held]

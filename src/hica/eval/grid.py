@@ -25,7 +25,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,8 +125,16 @@ class GridRun:
         """The config hash of a part kind with its own ``scope`` (the run's encoder included)."""
         return config_hash(scope, self.encoder)
 
-    def cached(self, key: str, *, match: Mapping[str, Any] | None = None, hash: str | None = None) -> Any:
-        """The stored part ``key`` if it may be reused (same config hash and match fields), else None."""
+    def cached(
+        self,
+        key: str,
+        *,
+        match: Mapping[str, Any] | None = None,
+        hash: str | None = None,
+        also: Iterable[str] = (),
+    ) -> Any:
+        """The stored part ``key`` if it may be reused (same config hash, or one of ``also``, and match
+        fields), else None."""
         path = self.path(key)
         if not (self.resume and path.is_file()):
             return None
@@ -135,7 +143,7 @@ class GridRun:
         except (OSError, ValueError):
             log.warning("part %s is unreadable; computing it again", path)
             return None
-        if not isinstance(rec, dict) or rec.get("config_hash") != (hash or self.hash):
+        if not isinstance(rec, dict) or rec.get("config_hash") not in {hash or self.hash, *also}:
             return None
         if (rec.get(STAMP) or {}).get("key", key) != key:  # two keys made the same file name
             return None
@@ -155,12 +163,14 @@ class GridRun:
         *,
         match: Mapping[str, Any] | None = None,
         hash: str | None = None,
+        also: Iterable[str] = (),
     ) -> dict[str, Any]:
         """Part ``key``: reused when allowed, else ``compute()``-d, stamped and written atomically.
 
         The record gets ``config_hash`` (``hash`` or the run's), the ``match`` fields, and a ``grid`` stamp
-        with the code commit and the seconds it took."""
-        rec = self.cached(key, match=match, hash=hash)
+        with the code commit and the seconds it took. A stored part whose hash is one of ``also`` (the hash
+        an earlier version of the code gave the same computation) is reused too."""
+        rec = self.cached(key, match=match, hash=hash, also=also)
         if rec is not None:
             self.stats.resumed += 1
         else:

@@ -25,14 +25,15 @@ from hica.cache import FeatureCache, Features, ViewAugment
 from hica.config import BenchmarkConfig, dump_config
 from hica.data.catalog import load_dataset, split_version
 from hica.data.episodes import Episode, sample_episode
-from hica.data.sample import Dataset, Sample, load_image
+from hica.data.sample import Dataset, Sample
 from hica.encoders import DualEncoder, create_encoder
 from hica.environment import machine_info
 from hica.errors import HicaError
+from hica.eval.episode_data import image_episode, images_of, view_augment
 from hica.eval.grid import GridRun, safe_key
 from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
 from hica.io import out_lock, write_json
-from hica.methods.base import ClassText, FewShotData, ImageFewShotData, method_registry
+from hica.methods.base import ClassText, FewShotData, method_registry
 from hica.methods.settings import fixed_settings
 from hica.methods.text_head import EpisodeText
 from hica.runtime import fit_threads, reproducible, resolve_device, resolve_precision
@@ -50,87 +51,6 @@ class DatasetState:
     by_id: dict[str, Sample] = field(default_factory=dict)
 
 
-def images_of(enc: DualEncoder, samples: list[Sample]) -> torch.Tensor:
-    """Samples → (N, 3, H, W) preprocessed with the encoder's own transform."""
-    return torch.stack([enc.preprocess(load_image(s)) for s in samples])
-
-
-def image_episode(
-    enc: DualEncoder,
-    ds: Dataset,
-    ep: Episode,
-    by_id: dict[str, Sample],
-    seed: int,
-    method_cls: type,
-    descriptors: Any = None,
-) -> ImageFewShotData:
-    """An episode as images for an image-level method; text and lesion masks when the method uses them.
-
-    Masks are read for the support images only (the few-shot annotation budget) and follow the image's
-    square resize to the encoder's input size; with a descriptor file that has ``attribute_values``, each
-    support image's attributes are measured from its mask (``support_attributes``)."""
-    sup = [by_id[i] for i in ep.support]
-    val = [by_id[i] for i in ep.val]
-    support = images_of(enc, sup)
-    data = ImageFewShotData(
-        support=support,
-        support_labels=torch.tensor([s.label for s in sup]),
-        val=images_of(enc, val) if val else support[:0],  # realistic protocol: no validation image read
-        val_labels=torch.tensor([s.label for s in val]),
-        num_classes=len(ds.classes),
-        seed=seed,
-        classes=list(ds.classes),
-        descriptors=descriptors if getattr(method_cls, "uses_text", False) else None,
-    )
-    if getattr(method_cls, "uses_masks", False) and any(s.masks for s in sup):
-        from hica.model.imagedata import input_spec, load_store
-
-        store = load_store(sup, input_spec(enc).size, with_masks=True)
-        data.support_masks, data.support_has_mask = store.masks, store.has_mask
-        if descriptors is not None and descriptors.attribute_values:
-            data.support_attributes = support_attributes(sup, list(ds.classes), descriptors)
-    return data
-
-
-def support_attributes(sup: list[Sample], classes: list[str], descriptors: Any) -> list[dict[str, str]]:
-    """Each image's BI-RADS attribute values, measured from its own mask and pixels with the bundled
-    thresholds (``AttributeThresholds``, fitted on BUSI train; never on labels or test data). A few-shot run
-    passes its support images only; ``hica analyze unseen`` also its evaluation images, to score with."""
-    from hica.data.attributes import AttributeThresholds, image_values, measure_split, no_lesion_classes
-
-    measured = measure_split(sup, classes, AttributeThresholds(), no_lesion_classes(descriptors, classes))
-    return [image_values(r) for r in measured.results]
-
-
-def view_augment(enc: DualEncoder, ds: Dataset) -> ViewAugment:
-    """The augmentation of support views: HiCA stage 2's (``training_augment`` for the modality of the
-    dataset's descriptors, generic without; default ``min_scale``) applied as stage 2 does — to the
-    preprocessed image mapped back to [0, 1], then normalised again."""
-    from hica.data.descriptors import load_descriptors
-    from hica.methods.hica import HiCASettings, modality_of
-    from hica.model.augment import training_augment
-    from hica.model.imagedata import input_spec
-
-    modality = modality_of(load_descriptors(ds.descriptors).modality) if ds.descriptors else "generic"
-    spec = input_spec(enc)
-    min_scale = HiCASettings().min_scale
-    aug = training_augment(modality, spec.size, min_scale=min_scale)  # type: ignore[arg-type]
-    mean = torch.tensor(spec.mean).view(3, 1, 1)
-    std = torch.tensor(spec.std).view(3, 1, 1)
-
-    def fn(x: torch.Tensor) -> torch.Tensor:
-        return spec.normalize(aug((x * std + mean).clamp(0, 1))[0])
-
-    key = {
-        "augment": "training_augment",
-        "modality": modality,
-        "size": spec.size,
-        "min_scale": min_scale,
-        "strength": 1.0,
-    }
-    return ViewAugment(key=key, fn=fn)
-
-
 LOSS_LOGS = "loss_logs"  # <out>/loss_logs/<part key>.json: a fitted method's per-step loss terms (HiCA)
 
 
@@ -143,6 +63,10 @@ def part_key(dataset: str, method: str, k: int, seed: int) -> str:
 def normalize_features(x: torch.Tensor) -> torch.Tensor:
     """Features as float32, L2-normalised along the last dimension (what feature methods are given)."""
     return F.normalize(x.float(), dim=-1)
+
+
+#: Config fields that say which cells a grid has, not how one is computed (left out of a part's hash).
+GRID_FIELDS = frozenset({"name", "shots", "seeds", "methods", "method_args", "datasets"})
 
 
 @dataclass
@@ -191,6 +115,19 @@ class Benchmark:
         self.timings: dict[str, Any] = {}
         self._augments: dict[str, ViewAugment] = {}
         self.text_heads = EpisodeText(cfg.text_head.model_dump(), cfg.text_mode)
+
+    def part_scope(self, dataset: int, method: str) -> dict[str, Any]:
+        """What one part of ``method`` on the ``dataset``-th dataset depends on: the run's scope less the grid
+        (name, shots, seeds, the other methods and datasets), plus that dataset's spec and that method's
+        settings. A grid grown by seeds, K, methods or datasets (or renamed) reuses every part it had; the
+        part's key and its ``match`` (the episode itself) tell which cell it is."""
+        common = {k: v for k, v in self.scope.items() if k not in GRID_FIELDS}
+        return {
+            **common,
+            "dataset": self.scope["datasets"][dataset],
+            "method": method,
+            "settings": self.scope["method_args"][method],
+        }
 
     # -- setup ---------------------------------------------------------------------------------------------
     def encoder(self) -> DualEncoder:
@@ -355,8 +292,9 @@ class Benchmark:
             config_yaml=dump_config(self.cfg),
             environment=machine_info(self.device, self.precision),
         ) as grid:
-            for spec in self.cfg.datasets:
+            for i, spec in enumerate(self.cfg.datasets):
                 ds = load_dataset(spec, self.cfg.data_root, skip_bad=self.cfg.skip_bad)
+                hashes = {m: grid.hash_of(self.part_scope(i, m)) for m in self.cfg.methods}
                 # a part is reused only for the same episode, and the same carved split where it has a version
                 version = split_version(spec)
                 same_split = {} if version is None else {"split_version": version}
@@ -380,6 +318,8 @@ class Benchmark:
                         part_key(ds.name, method, k, seed),
                         lambda st=st, m=method, k=k, s=seed, e=ep: self._run_one(enc, st, m, k, s, e),
                         match={"episode": json.loads(json.dumps(ep.to_json())) if ep else None, **same_split},
+                        hash=hashes[method],
+                        also=(grid.hash,),  # parts made before part hashes: the same config reuses them
                     )
                     records.append(rec)
         self.timings["total"] = round(time.perf_counter() - t_start, 2)

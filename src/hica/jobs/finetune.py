@@ -87,8 +87,8 @@ def run_stage2(cfg: Any, out_dir: str | Path, resume: bool = True) -> dict[str, 
     from hica.encoders import create_encoder
     from hica.environment import machine_info
     from hica.eval.efficiency import peak_rss_mb
+    from hica.eval.episode_data import image_episode, images_of
     from hica.eval.metrics import classification_metrics
-    from hica.eval.protocol import image_episode, images_of
     from hica.methods.base import method_registry
     from hica.runtime import resolve_device, resolve_precision
 

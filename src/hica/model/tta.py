@@ -9,7 +9,7 @@ embedding is the mean of the six L2-normalised view embeddings, normalised again
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +18,7 @@ from hica.errors import HicaError
 from hica.runtime import embed_images
 
 TTA = Literal["none", "crops"]
-TTA_KINDS: tuple[str, ...] = ("none", "crops")
+TTA_KINDS: tuple[str, ...] = get_args(TTA)
 CROP_SIDE = 0.875
 
 

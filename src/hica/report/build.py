@@ -7,6 +7,7 @@ together and writes it."""
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,8 @@ from hica.report.runs import (
 
 TITLE = "HiCA benchmark report"
 
+log = logging.getLogger(__name__)
+
 
 def build_report(
     run_dirs: Iterable[str | Path],
@@ -44,7 +47,8 @@ def build_report(
     ``renames`` maps ``(run_dir, method)`` to a new method name (to tell apart the same method from
     two runs); ``drops`` leaves ``(run_dir, method)`` out (e.g. a method two runs hold for the same
     episodes); ``order`` puts those methods first in tables and legends. Returns the written paths,
-    the datasets, the method order and the method shown in each confusion matrix.
+    the datasets, the method order, the method shown in each confusion matrix and the figures of an
+    earlier build into ``out_dir`` that were removed (``out_dir/figures`` holds exactly this report's).
     """
     from hica.report.analyses import read_analysis, section
     from hica.report.losses import report_section as loss_section
@@ -111,6 +115,7 @@ def build_report(
     md.append("```\n")
 
     text = "\n".join(md)
+    stale = _remove_stale_figures(out / "figures", figures)
     md_path = write_text(out / "report.md", text)
     html_path = write_text(
         out / "report.html", markdown_to_html(text, TITLE, lambda src: png_data_uri(out / src))
@@ -122,7 +127,19 @@ def build_report(
         "datasets": datasets,
         "methods": methods,
         "confusion_methods": chosen,
+        "removed": stale,
     }
+
+
+def _remove_stale_figures(figdir: Path, written: list[Path]) -> list[Path]:
+    """Delete the PNGs in ``figdir`` that this build did not write (an earlier build's, e.g. a confusion
+    matrix of a method since renamed): the folder then holds exactly the report's figures."""
+    keep = {p.resolve() for p in written}
+    stale = sorted(p for p in figdir.glob("*.png") if p.resolve() not in keep) if figdir.is_dir() else []
+    for p in stale:
+        log.info("removing %s: a figure of an earlier build that this report does not show", p)
+        p.unlink()
+    return stale
 
 
 def _overview(
