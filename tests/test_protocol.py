@@ -182,6 +182,25 @@ def test_parts_made_before_part_hashes_are_reused_by_their_config(finished_run, 
     assert (grid["parts_computed"], grid["parts_resumed"]) == (1, len(first["runs"]) - 1)
 
 
+def test_a_run_made_before_part_hashes_can_grow(finished_run, tiny_busi_folder, tmp_path) -> None:
+    """Parts stamped with the whole-run hash of the config the folder holds are reused by a grown config
+    when their own part (dataset, method settings) is unchanged; a method whose settings changed is not."""
+    from hica.eval.grid import config_hash
+    from hica.eval.protocol import Benchmark
+
+    cfg, out, cache, first = finished_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    bench = Benchmark(cfg, old, progress=False)
+    legacy = config_hash(bench.scope, bench.encoder().fingerprint())
+    for p in (old / "parts").glob("*.json"):
+        p.write_text(json.dumps({**json.loads(p.read_text()), "config_hash": legacy}))
+    raw = {**_config(tiny_busi_folder, cache, ["prototype", "knn"]), "seeds": [1, 2, 3]}
+    raw["method_args"] = {"knn": {"ks": [1, 3]}}  # knn's part changes, prototype's does not
+    grid = run_benchmark(validate_config(raw), old, progress=False)["timings"]["grid"]
+    assert (grid["parts_resumed"], grid["parts_computed"]) == (2 * 2, 2 * 1 + 2 * 3)
+
+
 def test_text_methods_need_descriptors(tiny_busi_folder, tmp_path) -> None:
     from hica.errors import HicaError
 

@@ -11,6 +11,7 @@ timings; writing metrics.json, predictions.csv and results.md is :func:`hica.job
 from __future__ import annotations
 
 import json
+import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,13 +31,15 @@ from hica.encoders import DualEncoder, create_encoder
 from hica.environment import machine_info
 from hica.errors import HicaError
 from hica.eval.episode_data import image_episode, images_of, view_augment
-from hica.eval.grid import GridRun, safe_key
+from hica.eval.grid import GridRun, config_hash, safe_key
 from hica.eval.metrics import bootstrap_ci, classification_metrics, confusion
 from hica.io import out_lock, write_json
 from hica.methods.base import ClassText, FewShotData, method_registry
 from hica.methods.settings import fixed_settings
 from hica.methods.text_head import EpisodeText
 from hica.runtime import fit_threads, reproducible, resolve_device, resolve_precision
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -65,7 +68,8 @@ def normalize_features(x: torch.Tensor) -> torch.Tensor:
     return F.normalize(x.float(), dim=-1)
 
 
-#: Config fields that say which cells a grid has, not how one is computed (left out of a part's hash).
+#: Config fields that say which cells a grid has, not how one is computed (left out of a part's hash; the
+#: view seed stays in the hash of a method that asks for augmented views).
 GRID_FIELDS = frozenset({"name", "shots", "seeds", "methods", "method_args", "datasets"})
 
 
@@ -118,16 +122,43 @@ class Benchmark:
 
     def part_scope(self, dataset: int, method: str) -> dict[str, Any]:
         """What one part of ``method`` on the ``dataset``-th dataset depends on: the run's scope less the grid
-        (name, shots, seeds, the other methods and datasets), plus that dataset's spec and that method's
-        settings. A grid grown by seeds, K, methods or datasets (or renamed) reuses every part it had; the
-        part's key and its ``match`` (the episode itself) tell which cell it is."""
-        common = {k: v for k, v in self.scope.items() if k not in GRID_FIELDS}
+        (``GRID_FIELDS``: name, shots, seeds, the other methods and datasets), plus that dataset's spec, that
+        method's settings and, when it asks for augmented views, the view seed. A grid grown by seeds, K,
+        methods or datasets (or renamed) reuses every part it had; the part's key and its ``match`` (the
+        episode itself) tell which cell it is."""
+        common = {k: v for k, v in self.scope.items() if k not in GRID_FIELDS | {"view_seed"}}
+        views = {"view_seed": self.cfg.view_seed} if self.views_needed[method] else {}
         return {
             **common,
+            **views,
             "dataset": self.scope["datasets"][dataset],
             "method": method,
             "settings": self.scope["method_args"][method],
         }
+
+    def earlier_hashes(self, fingerprint: dict[str, Any]) -> dict[tuple[int, str], list[str]]:
+        """Per (dataset index, method): the whole-run hashes that parts made before part hashes carry for the
+        same computation — this config's, and that of the earlier config the run folder holds
+        (``config.resolved.yaml``) where its part of that dataset and method is the same as this one's."""
+        runs: list[Benchmark] = [self]
+        earlier = self.out / "config.resolved.yaml"
+        if earlier.is_file():
+            from hica.config import load_config
+
+            try:
+                runs.append(Benchmark(load_config(earlier), self.out, progress=False))
+            except (HicaError, ValueError, OSError) as e:  # not a config this code reads: nothing reused
+                log.info("%s: not reusing its parts under their old hash (%s)", earlier, e)
+        found: dict[tuple[int, str], list[str]] = {}
+        for run in runs:
+            whole = config_hash(run.scope, fingerprint)
+            n = len(run.cfg.datasets)
+            theirs = [run.part_scope(j, m) for j in range(n) for m in run.scope["method_args"]]
+            for i in range(len(self.cfg.datasets)):
+                for m in self.scope["method_args"]:
+                    if self.part_scope(i, m) in theirs and whole not in found.setdefault((i, m), []):
+                        found[(i, m)].append(whole)
+        return found
 
     # -- setup ---------------------------------------------------------------------------------------------
     def encoder(self) -> DualEncoder:
@@ -283,6 +314,7 @@ class Benchmark:
         t_start = time.perf_counter()
         enc = self.encoder()
         records: list[dict[str, Any]] = []
+        older = self.earlier_hashes(enc.fingerprint())  # before the folder's config is overwritten
         with GridRun(
             self.out,
             scope=self.scope,
@@ -319,7 +351,7 @@ class Benchmark:
                         lambda st=st, m=method, k=k, s=seed, e=ep: self._run_one(enc, st, m, k, s, e),
                         match={"episode": json.loads(json.dumps(ep.to_json())) if ep else None, **same_split},
                         hash=hashes[method],
-                        also=(grid.hash,),  # parts made before part hashes: the same config reuses them
+                        also=older.get((i, method), ()),  # parts made before part hashes
                     )
                     records.append(rec)
         self.timings["total"] = round(time.perf_counter() - t_start, 2)
