@@ -94,3 +94,15 @@ def test_paired_difference_over_episodes() -> None:
     same = paired_difference({1: 0.5, 2: 0.7}, {1: 0.6, 2: 0.6})
     assert same["sign"] == "CI holds 0" and same["mean"] == pytest.approx(0.0, abs=1e-9)
     assert paired_difference({}, {1: 0.5})["sign"] == "no paired episodes"
+
+
+def test_tables_that_print_three_places_are_not_rounded_twice() -> None:
+    """Seeds averaging 0.817485 print as 0.817 from a summary kept to 6 places; kept to 4 (0.8175) they
+    would print as 0.818. The same for a paired difference."""
+    from hica.eval.stats import paired_difference, seed_summary
+
+    vals = [0.81749, 0.81748]
+    assert f"{seed_summary(vals)['mean']:.3f}" == "0.818"  # the 4-place default rounds twice
+    assert f"{seed_summary(vals, places=6)['mean']:.3f}" == "0.817"
+    d = paired_difference({1: 0.81749, 2: 0.81748}, {1: 0.0, 2: 0.0}, n_boot=100, places=6)
+    assert f"{d['mean']:.3f}" == "0.817" and d["per_episode"] == {"1": 0.81749, "2": 0.81748}
