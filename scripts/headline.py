@@ -70,7 +70,7 @@ def majority_share(run: Path, dataset: str) -> dict[str, Any]:
     total = sum(counts)
     return {
         "class": r["classes"][top],
-        "share": round(counts[top] / total, 4),
+        "share": round(counts[top] / total, PLACES),
         "n": total,
         "classes": len(counts),
     }

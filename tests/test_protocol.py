@@ -199,6 +199,10 @@ def test_a_run_made_before_part_hashes_can_grow(finished_run, tiny_busi_folder, 
     raw["method_args"] = {"knn": {"ks": [1, 3]}}  # knn's part changes, prototype's does not
     grid = run_benchmark(validate_config(raw), old, progress=False)["timings"]["grid"]
     assert (grid["parts_resumed"], grid["parts_computed"]) == (2 * 2, 2 * 1 + 2 * 3)
+    # the reused parts now carry their own hash: a later run needs no earlier config to find them
+    (old / "config.resolved.yaml").unlink()
+    again = run_benchmark(validate_config(raw), old, progress=False)["timings"]["grid"]
+    assert (again["parts_resumed"], again["parts_computed"]) == (2 * 3 * 2, 0)
 
 
 def test_text_methods_need_descriptors(tiny_busi_folder, tmp_path) -> None:

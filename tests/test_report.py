@@ -111,9 +111,12 @@ def test_rebuild_removes_figures_the_new_report_does_not_show(tmp_path: Path) ->
     first = build_report([run], out)
     old = out / "figures" / "confusion_toy_hica.png"
     assert old in first["figures"] and first["removed"] == []
+    mine = out / "figures" / "my_sketch.png"  # a file the reports never showed: not theirs to delete
+    mine.write_bytes(old.read_bytes())
     renamed = build_report([run], out, parse_renames([f"{run}:hica=hica_v2"]))  # its matrix is renamed
-    assert renamed["removed"] == [old] and not old.exists()
-    assert sorted(p.name for p in (out / "figures").iterdir()) == sorted(p.name for p in renamed["figures"])
+    assert renamed["removed"] == [old] and not old.exists() and mine.is_file()
+    left = sorted(p.name for p in (out / "figures").iterdir())
+    assert left == sorted([mine.name, *(p.name for p in renamed["figures"])])
     assert "confusion_toy_hica_v2.png" in {p.name for p in renamed["figures"]}
 
 

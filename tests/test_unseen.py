@@ -44,7 +44,7 @@ def _cfg(data_root: Path, **over) -> UnseenConfig:
 @pytest.fixture(scope="module")
 def tiny_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
     """(out dir, result, fitted HiCA methods, fit data, ids of every image and mask read)."""
-    import hica.eval.protocol as protocol
+    import hica.eval.episode_data as episode_data
     import hica.model.imagedata as imagedata
     from hica.methods.hica import HiCA
 
@@ -69,7 +69,7 @@ def tiny_run(data_root: Path, tmp_path_factory: pytest.TempPathFactory):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(HiCA, "fit", spy_fit)
-        mp.setattr(protocol, "load_image", spy(protocol.load_image))
+        mp.setattr(episode_data, "load_image", spy(episode_data.load_image))
         mp.setattr(imagedata, "load_image", spy(imagedata.load_image))
         mp.setattr(imagedata, "load_mask", spy(imagedata.load_mask))
         result = run_unseen(_cfg(data_root), out)

@@ -1,7 +1,7 @@
 """The cells of ``hica analyze localization``: the scored lesion images and one seed's fits, maps and scores.
 
 A seed draws one K-shot episode, fits HiCA, the fine-tuned baseline and (setting ``compare_global_only``)
-HiCA's global-only ablation on it exactly as the benchmark fits them (:func:`hica.eval.protocol.
+HiCA's global-only ablation on it exactly as the benchmark fits them (:func:`hica.eval.episode_data.
 image_episode`), maps every lesion image (each HiCA model's region–text map and Grad-CAM, the baseline's
 Grad-CAM) and scores the maps and the center prior against the lesion masks (:mod:`hica.eval.localization`).
 """

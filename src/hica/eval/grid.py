@@ -173,6 +173,9 @@ class GridRun:
         rec = self.cached(key, match=match, hash=hash, also=also)
         if rec is not None:
             self.stats.resumed += 1
+            if rec.get("config_hash") != (hash or self.hash):  # reused under an older hash: stamped anew
+                rec = {**rec, "config_hash": hash or self.hash}  # (its code commit kept), so that later
+                write_json(self.path(key), rec)  # runs find it without the config that made it
         else:
             t0 = time.perf_counter()
             rec = compute()

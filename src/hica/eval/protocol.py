@@ -148,7 +148,11 @@ class Benchmark:
             try:
                 runs.append(Benchmark(load_config(earlier), self.out, progress=False))
             except (HicaError, ValueError, OSError) as e:  # not a config this code reads: nothing reused
-                log.info("%s: not reusing its parts under their old hash (%s)", earlier, e)
+                log.warning(
+                    "%s is not a config this code reads (%s): parts made before part hashes are recomputed",
+                    earlier,
+                    e,
+                )
         found: dict[tuple[int, str], list[str]] = {}
         for run in runs:
             whole = config_hash(run.scope, fingerprint)

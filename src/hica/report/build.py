@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +49,7 @@ def build_report(
     two runs); ``drops`` leaves ``(run_dir, method)`` out (e.g. a method two runs hold for the same
     episodes); ``order`` puts those methods first in tables and legends. Returns the written paths,
     the datasets, the method order, the method shown in each confusion matrix and the figures of an
-    earlier build into ``out_dir`` that were removed (``out_dir/figures`` holds exactly this report's).
+    earlier report in ``out_dir`` that this one no longer shows, which were removed.
     """
     from hica.report.analyses import read_analysis, section
     from hica.report.losses import report_section as loss_section
@@ -115,7 +116,7 @@ def build_report(
     md.append("```\n")
 
     text = "\n".join(md)
-    stale = _remove_stale_figures(out / "figures", figures)
+    stale = _remove_stale_figures(out, figures)
     md_path = write_text(out / "report.md", text)
     html_path = write_text(
         out / "report.html", markdown_to_html(text, TITLE, lambda src: png_data_uri(out / src))
@@ -131,13 +132,18 @@ def build_report(
     }
 
 
-def _remove_stale_figures(figdir: Path, written: list[Path]) -> list[Path]:
-    """Delete the PNGs in ``figdir`` that this build did not write (an earlier build's, e.g. a confusion
-    matrix of a method since renamed): the folder then holds exactly the report's figures."""
+def _remove_stale_figures(out: Path, written: list[Path]) -> list[Path]:
+    """Delete the figures that the report already in ``out`` showed (``report.md``'s ``figures/*.png``
+    links) and this build did not write, e.g. a confusion matrix of a method since renamed. Any other file
+    in ``out/figures`` is left alone."""
+    old = out / "report.md"
+    if not old.is_file():
+        return []
+    shown = re.findall(r"\]\((figures/[^)\s/]+\.png)\)", old.read_text(encoding="utf-8", errors="replace"))
     keep = {p.resolve() for p in written}
-    stale = sorted(p for p in figdir.glob("*.png") if p.resolve() not in keep) if figdir.is_dir() else []
+    stale = sorted({out / s for s in shown if (out / s).is_file() and (out / s).resolve() not in keep})
     for p in stale:
-        log.info("removing %s: a figure of an earlier build that this report does not show", p)
+        log.info("removing %s: a figure of the earlier report that this one does not show", p)
         p.unlink()
     return stale
 
